@@ -1,0 +1,391 @@
+//! The one error type every failure becomes, and its OpenAI-shaped rendering:
+//! `{"error":{"message","type","param","code"}}` with the status, `retry-after`
+//! and `x-should-retry` headers the official SDKs act on.
+//!
+//! Messages never carry upstream bodies, secrets or prompts.
+
+use std::borrow::Cow;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// OpenAI's rate-limit headers for a per-key limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimitHeaders {
+    /// `requests` or `images`: the suffix of the header names.
+    pub kind: &'static str,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the bucket is full again.
+    pub reset_seconds: f64,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field has a bad value or type.
+    #[error("{message}")]
+    InvalidRequest {
+        message: Cow<'static, str>,
+        param: Option<Cow<'static, str>>,
+        code: Option<&'static str>,
+    },
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The client took too long to send its body.
+    #[error("The request body was not received in time.")]
+    RequestTimeout,
+    #[error("{message}")]
+    Unauthorized { message: &'static str },
+    #[error("the model `{model}` does not exist")]
+    ModelNotFound { model: String },
+    /// No route: OpenAI answers `Invalid URL (METHOD /path)`.
+    #[error("{message}")]
+    NotFound { message: String },
+    /// A route the gateway knows but the Imagen models cannot serve.
+    #[error("{message}")]
+    Unsupported { message: &'static str },
+    /// fal refused the prompt.
+    #[error("{message}")]
+    ContentPolicy { message: String },
+    /// A per-key limit was hit.
+    #[error("rate limit reached for {} per minute", limit.kind)]
+    RateLimited {
+        retry_after_seconds: u64,
+        limit: RateLimitHeaders,
+    },
+    /// The gateway's own upstream capacity is full.
+    #[error("the gateway is at capacity")]
+    Overloaded { retry_after_seconds: u64 },
+    /// fal itself rate-limited the gateway.
+    #[error("fal.ai is rate limiting the gateway")]
+    UpstreamRateLimited { retry_after_seconds: u64 },
+    /// fal refused the gateway's own credentials.
+    #[error("fal.ai refused the gateway's upstream credentials")]
+    UpstreamAuth,
+    /// fal unreachable, 5xx, malformed answer, failed job.
+    #[error("{message}")]
+    Upstream { message: String },
+    /// The request deadline passed; the fal job was cancelled.
+    #[error("the image was not generated within {seconds} s")]
+    UpstreamTimeout { seconds: u64 },
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// A bug: never expected.
+    #[error("internal error")]
+    Internal,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<Cow<'static, str>>, param: &'static str) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(Cow::Borrowed(param)),
+            code: None,
+        }
+    }
+
+    pub fn invalid_body(message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. }
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::RequestTimeout
+            | ApiError::ModelNotFound { .. }
+            | ApiError::NotFound { .. }
+            | ApiError::Unsupported { .. }
+            | ApiError::ContentPolicy { .. } => "invalid_request_error",
+            ApiError::Unauthorized { .. } => "authentication_error",
+            ApiError::RateLimited { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::UpstreamRateLimited { .. } => "rate_limit_error",
+            ApiError::UpstreamAuth
+            | ApiError::Upstream { .. }
+            | ApiError::UpstreamTimeout { .. }
+            | ApiError::ShuttingDown
+            | ApiError::Internal => "server_error",
+        }
+    }
+
+    /// OpenAI's `code` field: stable snake_case strings.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidRequest { code, .. } => *code,
+            ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::RequestTimeout => Some("request_timeout"),
+            ApiError::Unauthorized { .. } => Some("invalid_api_key"),
+            ApiError::ModelNotFound { .. } => Some("model_not_found"),
+            ApiError::NotFound { .. } => None,
+            ApiError::Unsupported { .. } => Some("unsupported_operation"),
+            ApiError::ContentPolicy { .. } => Some("content_policy_violation"),
+            ApiError::RateLimited { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::UpstreamRateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::UpstreamAuth | ApiError::Upstream { .. } => Some("upstream_error"),
+            ApiError::UpstreamTimeout { .. } => Some("upstream_timeout"),
+            ApiError::ShuttingDown => Some("server_shutting_down"),
+            ApiError::Internal => Some("internal_error"),
+        }
+    }
+
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::InvalidRequest { param, .. } => param.as_deref(),
+            ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::ContentPolicy { .. } => Some("prompt"),
+            _ => None,
+        }
+    }
+
+    /// The text a client sees.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Unauthorized { message } => (*message).to_owned(),
+            ApiError::ModelNotFound { model } => format!(
+                "The model `{model}` does not exist. GET /v1/models lists the models this gateway serves."
+            ),
+            ApiError::RateLimited { limit, .. } => format!(
+                "Rate limit reached for {} per minute on this API key (limit {}). Retry after the time in the retry-after header.",
+                limit.kind, limit.limit
+            ),
+            ApiError::Overloaded { .. } => "The gateway is at capacity: too many generations are running or waiting. Retry after the time in the retry-after header.".into(),
+            ApiError::UpstreamRateLimited { .. } => "fal.ai is rate limiting this gateway. Retry after the time in the retry-after header.".into(),
+            ApiError::UpstreamAuth => "The image backend (fal.ai) refused the gateway's upstream credentials (FAL_KEY). This is a gateway configuration problem, not a problem with your API key.".into(),
+            ApiError::UpstreamTimeout { seconds } => format!(
+                "The image was not generated within the gateway's {seconds} s deadline; the upstream job was cancelled."
+            ),
+            ApiError::ShuttingDown => "The gateway is shutting down; retry the request.".into(),
+            ApiError::Internal => "The gateway hit an internal error.".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether a retry could ever help; sent as `x-should-retry`, which the
+    /// SDKs obey over their own status-based rule.
+    fn should_retry(&self) -> Option<bool> {
+        match self {
+            ApiError::RateLimited { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::UpstreamRateLimited { .. }
+            | ApiError::ShuttingDown => Some(true),
+            ApiError::UpstreamAuth | ApiError::UpstreamTimeout { .. } | ApiError::Internal => {
+                Some(false)
+            }
+            ApiError::Upstream { .. } => None,
+            _ => Some(false),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited {
+                retry_after_seconds,
+                ..
+            }
+            | ApiError::Overloaded {
+                retry_after_seconds,
+            }
+            | ApiError::UpstreamRateLimited {
+                retry_after_seconds,
+            } => Some((*retry_after_seconds).max(1)),
+            ApiError::ShuttingDown => Some(1),
+            _ => None,
+        }
+    }
+
+    /// A bounded label for metrics and logs.
+    pub fn outcome_label(&self) -> &'static str {
+        match self {
+            ApiError::ContentPolicy { .. } => "content_policy",
+            ApiError::UpstreamAuth => "auth_error",
+            ApiError::UpstreamRateLimited { .. } => "rate_limited",
+            ApiError::UpstreamTimeout { .. } => "timeout",
+            ApiError::Upstream { .. } => "upstream_error",
+            ApiError::ShuttingDown => "cancelled",
+            _ => "other",
+        }
+    }
+
+    /// The JSON body, also used for the `error` event of a stream.
+    pub fn body_json(&self) -> String {
+        let message = self.message();
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: &message,
+                kind: self.error_type(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        serde_json::to_string(&body).unwrap_or_else(|_| {
+            r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#.into()
+        })
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. }
+            | ApiError::Unsupported { .. }
+            | ApiError::ContentPolicy { .. } => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::ModelNotFound { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::RateLimited { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpstreamAuth | ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((header::CONTENT_TYPE, "application/json"));
+        if let Some(retry) = self.should_retry() {
+            res.insert_header(("x-should-retry", if retry { "true" } else { "false" }));
+        }
+        if let Some(seconds) = self.retry_after() {
+            res.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let ApiError::Unauthorized { .. } = self {
+            res.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"image-gateway\""),
+            ));
+        }
+        if let ApiError::RateLimited { limit, .. } = self {
+            res.insert_header((
+                format!("x-ratelimit-limit-{}", limit.kind),
+                limit.limit.to_string(),
+            ));
+            res.insert_header((
+                format!("x-ratelimit-remaining-{}", limit.kind),
+                limit.remaining.to_string(),
+            ));
+            res.insert_header((
+                format!("x-ratelimit-reset-{}", limit.kind),
+                go_duration(limit.reset_seconds),
+            ));
+        }
+        res.body(self.body_json())
+    }
+}
+
+/// A Go-style duration as OpenAI writes it in `x-ratelimit-reset-*`: `1s`, `6m0s`, `250ms`.
+pub fn go_duration(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return "0s".into();
+    }
+    if seconds < 1.0 {
+        return format!("{}ms", (seconds * 1000.0).ceil() as u64);
+    }
+    let total = seconds.ceil() as u64;
+    let (m, s) = (total / 60, total % 60);
+    if m == 0 {
+        format!("{s}s")
+    } else {
+        format!("{m}m{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn body_of(e: &ApiError) -> serde_json::Value {
+        let res = e.error_response();
+        let bytes = res.into_body().try_into_bytes().unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn every_variant_renders_the_openai_shape() {
+        let cases = [
+            (ApiError::invalid("bad size", "size"), 400, "invalid_request_error", None, Some("size")),
+            (ApiError::PayloadTooLarge { limit: 10 }, 413, "invalid_request_error", Some("request_too_large"), None),
+            (ApiError::Unauthorized { message: "no" }, 401, "authentication_error", Some("invalid_api_key"), None),
+            (ApiError::ModelNotFound { model: "x".into() }, 404, "invalid_request_error", Some("model_not_found"), Some("model")),
+            (ApiError::ContentPolicy { message: "no".into() }, 400, "invalid_request_error", Some("content_policy_violation"), Some("prompt")),
+            (ApiError::Overloaded { retry_after_seconds: 1 }, 429, "rate_limit_error", Some("rate_limit_exceeded"), None),
+            (ApiError::UpstreamAuth, 502, "server_error", Some("upstream_error"), None),
+            (ApiError::Upstream { message: "x".into() }, 502, "server_error", Some("upstream_error"), None),
+            (ApiError::UpstreamTimeout { seconds: 3 }, 504, "server_error", Some("upstream_timeout"), None),
+        ];
+        for (err, status, kind, code, param) in cases {
+            assert_eq!(err.status_code().as_u16(), status, "{err:?}");
+            let body = body_of(&err);
+            assert_eq!(body["error"]["type"], kind, "{err:?}");
+            assert_eq!(body["error"]["code"].as_str(), code, "{err:?}");
+            assert_eq!(body["error"]["param"].as_str(), param, "{err:?}");
+            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+
+    #[test]
+    fn rate_limit_answers_carry_openai_headers() {
+        let err = ApiError::RateLimited {
+            retry_after_seconds: 2,
+            limit: RateLimitHeaders {
+                kind: "requests",
+                limit: 60,
+                remaining: 0,
+                reset_seconds: 1.5,
+            },
+        };
+        let res = err.error_response();
+        let h = res.headers();
+        assert_eq!(h.get("retry-after").unwrap(), "2");
+        assert_eq!(h.get("x-ratelimit-limit-requests").unwrap(), "60");
+        assert_eq!(h.get("x-ratelimit-remaining-requests").unwrap(), "0");
+        assert_eq!(h.get("x-ratelimit-reset-requests").unwrap(), "2s");
+        assert_eq!(h.get("x-should-retry").unwrap(), "true");
+    }
+
+    #[test]
+    fn bad_upstream_credentials_are_not_blamed_on_the_client() {
+        let res = ApiError::UpstreamAuth.error_response();
+        assert_eq!(res.status(), 502);
+        assert_eq!(res.headers().get("x-should-retry").unwrap(), "false");
+        let body = body_of(&ApiError::UpstreamAuth);
+        assert!(body["error"]["message"].as_str().unwrap().contains("upstream credentials"));
+    }
+
+    #[test]
+    fn go_durations_match_openai_style() {
+        assert_eq!(go_duration(0.25), "250ms");
+        assert_eq!(go_duration(1.0), "1s");
+        assert_eq!(go_duration(59.2), "1m0s");
+        assert_eq!(go_duration(360.0), "6m0s");
+        assert_eq!(go_duration(-1.0), "0s");
+    }
+}

@@ -1,0 +1,68 @@
+//! The in-memory image store behind `GET /v1/images/files/{id}`: how `url`
+//! answers are served for images the gateway holds itself (the local backend,
+//! or fal data URIs when a client asked for URLs). Bounded in bytes, with a TTL.
+//!
+//! Ids are 128 random bits, so a link is a capability: like OpenAI's own
+//! signed image URLs, it works without an API key (browsers can load it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::future::Cache;
+
+use crate::mapping::OutputFormat;
+
+#[derive(Clone)]
+pub struct StoredFile {
+    pub bytes: Bytes,
+    pub format: OutputFormat,
+}
+
+pub struct FileStore {
+    files: Cache<Arc<str>, StoredFile>,
+    ttl: Duration,
+}
+
+impl FileStore {
+    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
+        let files = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_k: &Arc<str>, v: &StoredFile| -> u32 {
+                u32::try_from(v.bytes.len() + 64).unwrap_or(u32::MAX)
+            })
+            .time_to_live(ttl)
+            .build();
+        Self { files, ttl }
+    }
+
+    /// Store an image; returns its file name (`<id>.<ext>`).
+    pub async fn put(&self, bytes: Bytes, format: OutputFormat) -> Arc<str> {
+        let name: Arc<str> = format!(
+            "{}.{}",
+            uuid::Uuid::new_v4().simple(),
+            match format {
+                OutputFormat::Png => "png",
+                OutputFormat::Jpeg => "jpeg",
+                OutputFormat::Webp => "webp",
+            }
+        )
+        .into();
+        self.files.insert(name.clone(), StoredFile { bytes, format }).await;
+        name
+    }
+
+    pub async fn get(&self, name: &str) -> Option<StoredFile> {
+        self.files.get(name).await
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// (entries, bytes), after applying pending evictions.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.files.run_pending_tasks().await;
+        (self.files.entry_count(), self.files.weighted_size())
+    }
+}

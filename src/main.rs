@@ -1,0 +1,57 @@
+//! The `image-gateway` binary: flags, configuration, logging, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use image_gateway::settings::Settings;
+use image_gateway::startup::Application;
+
+/// An OpenAI-compatible image generation gateway for Google's Imagen 4 on fal.ai.
+///
+/// Configuration layers, later wins: built-in defaults, the --config TOML file,
+/// IMAGE_GATEWAY__SECTION__KEY environment variables, and FAL_KEY.
+/// Without FAL_KEY the gateway serves images from its built-in offline renderer.
+#[derive(Parser)]
+#[command(name = "image-gateway", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (see deploy/config.example.toml).
+    #[arg(long, short = 'c', value_name = "FILE", env = "IMAGE_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Validate the configuration, print the effective values (secrets
+    /// redacted) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("image-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("# configuration is valid");
+        println!("# backend in use: {}", settings.backend_kind().as_str());
+        print!("{}", settings.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    image_gateway::telemetry::init(&settings.log);
+    image_gateway::install_crypto_provider();
+    let result = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).map_err(|e| e.to_string())?;
+        app.run_until_stopped().await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "image-gateway failed");
+            eprintln!("image-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Probes: `/healthz` says the process serves HTTP; `/readyz` says it can
+//! take generations, and reports the backend in use.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::state::AppState;
+
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let gw = &state.gateway;
+    let body = json!({
+        "status": if gw.shutdown.is_cancelled() { "shutting_down" } else { "ready" },
+        "backend": state.backend.as_str(),
+        "fal_mode": match state.backend {
+            crate::settings::BackendKind::Fal => Some(match state.fal_mode {
+                crate::settings::FalMode::Queue => "queue",
+                crate::settings::FalMode::Sync => "sync",
+            }),
+            crate::settings::BackendKind::Local => None,
+        },
+        "offline": state.backend == crate::settings::BackendKind::Local,
+        "cache": gw.cache.is_some(),
+        "in_flight_generations": gw.flights.len(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    });
+    if gw.shutdown.is_cancelled() {
+        HttpResponse::ServiceUnavailable().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    }
+}

@@ -1,0 +1,31 @@
+//! The state every handler shares, built once before the HTTP server starts
+//! so all workers share one cache, one client and one registry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::Auth;
+use crate::gateway::Gateway;
+use crate::mapping::{ModelCatalog, PlanLimits};
+use crate::metrics::Metrics;
+use crate::settings::{BackendKind, CacheScope, FalMode};
+
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub catalog: ModelCatalog,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    /// `/metrics` needs no key.
+    pub metrics_public: bool,
+    pub backend: BackendKind,
+    pub fal_mode: FalMode,
+    /// `server.public_base_url` without a trailing slash, if set.
+    pub public_base_url: Option<String>,
+    pub plan_limits: PlanLimits,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub cache_scope: CacheScope,
+    /// Interval of SSE comment keep-alives while a streamed image is made.
+    pub stream_keepalive: Duration,
+    pub started: Instant,
+}
