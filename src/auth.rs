@@ -92,8 +92,17 @@ mod tests {
             auth.check(Some(b"Bearer sk-plain")).unwrap(),
             auth.check(Some(b"Bearer  sk-plain ")).unwrap()
         );
-        for bad in [&b"Bearer sk-other"[..], b"Bearer ", b"Basic sk-plain", b"sk-plain", b""] {
-            assert!(matches!(auth.check(Some(bad)), Err(ApiError::Unauthorized { .. })));
+        for bad in [
+            &b"Bearer sk-other"[..],
+            b"Bearer ",
+            b"Basic sk-plain",
+            b"sk-plain",
+            b"",
+        ] {
+            assert!(matches!(
+                auth.check(Some(bad)),
+                Err(ApiError::Unauthorized { .. })
+            ));
         }
         assert!(auth.check(None).is_err());
         // The hash itself is not a key.

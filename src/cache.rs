@@ -197,7 +197,9 @@ pub struct GenerationCache {
 
 impl GenerationCache {
     pub fn new(max_bytes: u64, ttl: Duration, metrics: Arc<Metrics>) -> Self {
-        metrics.cache_capacity.set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+        metrics
+            .cache_capacity
+            .set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &CacheKey, v: &Arc<Generation>| v.weight())
@@ -283,7 +285,8 @@ mod tests {
     #[tokio::test]
     async fn the_last_waiter_leaving_cancels_the_flight() {
         let flights = Flights::new(Arc::new(Metrics::new()));
-        let (a, flight) = flights.join_or_start(Some(key(1)), || Flight::new(CancellationToken::new()));
+        let (a, flight) =
+            flights.join_or_start(Some(key(1)), || Flight::new(CancellationToken::new()));
         let (b, same) = flights.join_or_start(Some(key(1)), || unreachable!());
         assert!(Arc::ptr_eq(&flight, &same));
         assert!(matches!(a, Joined::Leader(_)) && matches!(b, Joined::Follower(_)));
@@ -293,7 +296,8 @@ mod tests {
         assert!(flight.token.is_cancelled());
         assert!(flights.is_empty());
         // A new request starts afresh instead of joining the cancelled flight.
-        let (c, fresh) = flights.join_or_start(Some(key(1)), || Flight::new(CancellationToken::new()));
+        let (c, fresh) =
+            flights.join_or_start(Some(key(1)), || Flight::new(CancellationToken::new()));
         assert!(!Arc::ptr_eq(&flight, &fresh));
         drop(c);
     }
@@ -301,7 +305,8 @@ mod tests {
     #[tokio::test]
     async fn every_waiter_receives_the_answer_and_nothing_is_cancelled() {
         let flights = Flights::new(Arc::new(Metrics::new()));
-        let (a, flight) = flights.join_or_start(Some(key(2)), || Flight::new(CancellationToken::new()));
+        let (a, flight) =
+            flights.join_or_start(Some(key(2)), || Flight::new(CancellationToken::new()));
         let (b, _) = flights.join_or_start(Some(key(2)), || unreachable!());
         let (Joined::Leader(a) | Joined::Follower(a)) = a;
         let (Joined::Leader(b) | Joined::Follower(b)) = b;

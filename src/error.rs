@@ -331,15 +331,75 @@ mod tests {
     #[test]
     fn every_variant_renders_the_openai_shape() {
         let cases = [
-            (ApiError::invalid("bad size", "size"), 400, "invalid_request_error", None, Some("size")),
-            (ApiError::PayloadTooLarge { limit: 10 }, 413, "invalid_request_error", Some("request_too_large"), None),
-            (ApiError::Unauthorized { message: "no" }, 401, "authentication_error", Some("invalid_api_key"), None),
-            (ApiError::ModelNotFound { model: "x".into() }, 404, "invalid_request_error", Some("model_not_found"), Some("model")),
-            (ApiError::ContentPolicy { message: "no".into() }, 400, "invalid_request_error", Some("content_policy_violation"), Some("prompt")),
-            (ApiError::Overloaded { retry_after_seconds: 1 }, 429, "rate_limit_error", Some("rate_limit_exceeded"), None),
-            (ApiError::UpstreamAuth, 502, "server_error", Some("upstream_error"), None),
-            (ApiError::Upstream { message: "x".into() }, 502, "server_error", Some("upstream_error"), None),
-            (ApiError::UpstreamTimeout { seconds: 3 }, 504, "server_error", Some("upstream_timeout"), None),
+            (
+                ApiError::invalid("bad size", "size"),
+                400,
+                "invalid_request_error",
+                None,
+                Some("size"),
+            ),
+            (
+                ApiError::PayloadTooLarge { limit: 10 },
+                413,
+                "invalid_request_error",
+                Some("request_too_large"),
+                None,
+            ),
+            (
+                ApiError::Unauthorized { message: "no" },
+                401,
+                "authentication_error",
+                Some("invalid_api_key"),
+                None,
+            ),
+            (
+                ApiError::ModelNotFound { model: "x".into() },
+                404,
+                "invalid_request_error",
+                Some("model_not_found"),
+                Some("model"),
+            ),
+            (
+                ApiError::ContentPolicy {
+                    message: "no".into(),
+                },
+                400,
+                "invalid_request_error",
+                Some("content_policy_violation"),
+                Some("prompt"),
+            ),
+            (
+                ApiError::Overloaded {
+                    retry_after_seconds: 1,
+                },
+                429,
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+                None,
+            ),
+            (
+                ApiError::UpstreamAuth,
+                502,
+                "server_error",
+                Some("upstream_error"),
+                None,
+            ),
+            (
+                ApiError::Upstream {
+                    message: "x".into(),
+                },
+                502,
+                "server_error",
+                Some("upstream_error"),
+                None,
+            ),
+            (
+                ApiError::UpstreamTimeout { seconds: 3 },
+                504,
+                "server_error",
+                Some("upstream_timeout"),
+                None,
+            ),
         ];
         for (err, status, kind, code, param) in cases {
             assert_eq!(err.status_code().as_u16(), status, "{err:?}");
@@ -347,7 +407,11 @@ mod tests {
             assert_eq!(body["error"]["type"], kind, "{err:?}");
             assert_eq!(body["error"]["code"].as_str(), code, "{err:?}");
             assert_eq!(body["error"]["param"].as_str(), param, "{err:?}");
-            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
         }
     }
 
@@ -377,7 +441,12 @@ mod tests {
         assert_eq!(res.status(), 502);
         assert_eq!(res.headers().get("x-should-retry").unwrap(), "false");
         let body = body_of(&ApiError::UpstreamAuth);
-        assert!(body["error"]["message"].as_str().unwrap().contains("upstream credentials"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("upstream credentials")
+        );
     }
 
     #[test]

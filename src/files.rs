@@ -48,7 +48,9 @@ impl FileStore {
             }
         )
         .into();
-        self.files.insert(name.clone(), StoredFile { bytes, format }).await;
+        self.files
+            .insert(name.clone(), StoredFile { bytes, format })
+            .await;
         name
     }
 

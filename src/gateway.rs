@@ -172,9 +172,9 @@ impl Gateway {
         // `no-cache` never joins others: it asked for a fresh generation.
         let shared_key = key.filter(|_| !directives.no_cache);
         let store_key = key.filter(|_| !directives.no_store);
-        let (joined, flight) = self.flights.join_or_start(shared_key, || {
-            Flight::new(self.shutdown.child_token())
-        });
+        let (joined, flight) = self
+            .flights
+            .join_or_start(shared_key, || Flight::new(self.shutdown.child_token()));
         let (waiter, status) = match joined {
             Joined::Follower(w) => (w, CacheStatus::Coalesced),
             Joined::Leader(w) => {
@@ -293,7 +293,8 @@ impl Gateway {
                 // Prefer the error that caused the cancellation over the
                 // cancellations it caused.
                 Err(e) => {
-                    if first_error.is_none() || matches!(first_error, Some(ApiError::ShuttingDown)) {
+                    if first_error.is_none() || matches!(first_error, Some(ApiError::ShuttingDown))
+                    {
                         first_error = Some(e);
                     }
                 }
@@ -311,16 +312,23 @@ impl Gateway {
             Ok(out) => {
                 self.metrics.observe_job(model, "success");
                 let h = &self.metrics.job_duration;
-                h.with_label_values(&[model, "total"]).observe(total.as_secs_f64());
+                h.with_label_values(&[model, "total"])
+                    .observe(total.as_secs_f64());
                 if let Some(q) = out.queued {
-                    h.with_label_values(&[model, "queued"]).observe(q.as_secs_f64());
+                    h.with_label_values(&[model, "queued"])
+                        .observe(q.as_secs_f64());
                 }
                 if let Some(r) = out.running {
-                    h.with_label_values(&[model, "running"]).observe(r.as_secs_f64());
+                    h.with_label_values(&[model, "running"])
+                        .observe(r.as_secs_f64());
                 }
                 self.metrics
                     .images_generated
-                    .with_label_values(&[model, job.aspect_ratio.as_str(), job.output_format.as_str()])
+                    .with_label_values(&[
+                        model,
+                        job.aspect_ratio.as_str(),
+                        job.output_format.as_str(),
+                    ])
                     .inc_by(out.images.len() as u64);
             }
             Err(e) => self.metrics.observe_job(model, e.outcome_label()),
@@ -343,12 +351,11 @@ impl Gateway {
                 Ok(Bytes::from(b64.encode(raw)))
             }
             (ResponseFormat::Url, ImageContent::Url(url)) => Ok(Bytes::from(url)),
-            (ResponseFormat::Url, ImageContent::Raw(raw)) => {
-                Ok(self.file_path(raw, plan).await)
-            }
+            (ResponseFormat::Url, ImageContent::Raw(raw)) => Ok(self.file_path(raw, plan).await),
             (ResponseFormat::Url, ImageContent::Base64(text)) => {
                 let raw = b64.decode(&text).map_err(|_| ApiError::Upstream {
-                    message: "The image backend answered with a data URI that is not base64.".into(),
+                    message: "The image backend answered with a data URI that is not base64."
+                        .into(),
                 })?;
                 Ok(self.file_path(Bytes::from(raw), plan).await)
             }
@@ -367,7 +374,10 @@ impl Gateway {
     pub async fn shutdown(&self, grace: Duration) {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 remaining = self.tasks.len(),
                 "upstream work still running after the shutdown grace period"

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backend;
 pub mod cache;
 pub mod error;
+pub mod fake_fal;
 pub mod files;
 pub mod gateway;
 pub mod mapping;

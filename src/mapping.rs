@@ -205,8 +205,7 @@ impl EndpointId {
         let alias = parts.next()?;
         let valid = |s: &str| {
             !s.is_empty()
-                && s
-                    .bytes()
+                && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
                 && s != "."
                 && s != ".."
@@ -362,7 +361,12 @@ pub fn plan(
     limits: PlanLimits,
 ) -> Result<GenerationPlan, ApiError> {
     let prompt = match req.prompt.as_deref() {
-        None => return Err(ApiError::invalid("Missing required parameter: 'prompt'.", "prompt")),
+        None => {
+            return Err(ApiError::invalid(
+                "Missing required parameter: 'prompt'.",
+                "prompt",
+            ));
+        }
         Some(p) if p.trim().is_empty() => {
             return Err(ApiError::invalid("'prompt' must not be empty.", "prompt"));
         }
@@ -619,7 +623,11 @@ mod tests {
             (Some("1024x1536"), "3:4"),
         ];
         for (size, ratio) in table {
-            assert_eq!(aspect_ratio_for_size(size).unwrap().as_str(), ratio, "{size:?}");
+            assert_eq!(
+                aspect_ratio_for_size(size).unwrap().as_str(),
+                ratio,
+                "{size:?}"
+            );
         }
     }
 
@@ -661,9 +669,28 @@ mod tests {
     #[test]
     fn malformed_sizes_are_400_with_param_size() {
         for size in [
-            "", "0x0", "99999x1", "-5x10", "NaNxNaN", "1024", "1024x", "x1024", "1024x1024x2",
-            "1024 x 1024", " 1024x1024", "+1024x1024", "1024x0", "63x64", "4097x4096",
-            "4096x1024", "1e3x1e3", "1024.0x1024", "0x1024", "100000x100000", "AUTO", "large",
+            "",
+            "0x0",
+            "99999x1",
+            "-5x10",
+            "NaNxNaN",
+            "1024",
+            "1024x",
+            "x1024",
+            "1024x1024x2",
+            "1024 x 1024",
+            " 1024x1024",
+            "+1024x1024",
+            "1024x0",
+            "63x64",
+            "4097x4096",
+            "4096x1024",
+            "1e3x1e3",
+            "1024.0x1024",
+            "0x1024",
+            "100000x100000",
+            "AUTO",
+            "large",
             "１０２４x１０２４",
         ] {
             let err = aspect_ratio_for_size(Some(size)).unwrap_err();
@@ -741,24 +768,60 @@ mod tests {
     #[test]
     fn models_and_aliases_resolve() {
         let table = [
-            ("imagen-4-fast", "fal-ai/imagen4/preview/fast", ResponseFormat::Url),
+            (
+                "imagen-4-fast",
+                "fal-ai/imagen4/preview/fast",
+                ResponseFormat::Url,
+            ),
             ("imagen-4", "fal-ai/imagen4/preview", ResponseFormat::Url),
-            ("imagen-4-ultra", "fal-ai/imagen4/preview/ultra", ResponseFormat::Url),
-            ("dall-e-2", "fal-ai/imagen4/preview/fast", ResponseFormat::Url),
-            ("dall-e-3", "fal-ai/imagen4/preview/fast", ResponseFormat::Url),
-            ("gpt-image-1", "fal-ai/imagen4/preview/fast", ResponseFormat::B64Json),
-            ("gpt-image-1-mini", "fal-ai/imagen4/preview/fast", ResponseFormat::B64Json),
-            ("gpt-image-1.5", "fal-ai/imagen4/preview/fast", ResponseFormat::B64Json),
-            ("gpt-image-2", "fal-ai/imagen4/preview/fast", ResponseFormat::B64Json),
-            ("Imagen-4-Fast", "fal-ai/imagen4/preview/fast", ResponseFormat::Url),
+            (
+                "imagen-4-ultra",
+                "fal-ai/imagen4/preview/ultra",
+                ResponseFormat::Url,
+            ),
+            (
+                "dall-e-2",
+                "fal-ai/imagen4/preview/fast",
+                ResponseFormat::Url,
+            ),
+            (
+                "dall-e-3",
+                "fal-ai/imagen4/preview/fast",
+                ResponseFormat::Url,
+            ),
+            (
+                "gpt-image-1",
+                "fal-ai/imagen4/preview/fast",
+                ResponseFormat::B64Json,
+            ),
+            (
+                "gpt-image-1-mini",
+                "fal-ai/imagen4/preview/fast",
+                ResponseFormat::B64Json,
+            ),
+            (
+                "gpt-image-1.5",
+                "fal-ai/imagen4/preview/fast",
+                ResponseFormat::B64Json,
+            ),
+            (
+                "gpt-image-2",
+                "fal-ai/imagen4/preview/fast",
+                ResponseFormat::B64Json,
+            ),
+            (
+                "Imagen-4-Fast",
+                "fal-ai/imagen4/preview/fast",
+                ResponseFormat::Url,
+            ),
         ];
         for (model, endpoint, format) in table {
             let plan = plan_json(&format!(r#"{{"prompt":"x","model":"{model}"}}"#)).unwrap();
             assert_eq!(plan.model.endpoint.full(), endpoint, "{model}");
             assert_eq!(plan.response_format, format, "{model}");
         }
-        let plan = plan_json(r#"{"prompt":"x","model":"gpt-image-1","response_format":"url"}"#)
-            .unwrap();
+        let plan =
+            plan_json(r#"{"prompt":"x","model":"gpt-image-1","response_format":"url"}"#).unwrap();
         assert_eq!(plan.response_format, ResponseFormat::Url);
     }
 
@@ -779,9 +842,15 @@ mod tests {
             (r#"{"prompt":"x","n":11}"#, "n"),
             (r#"{"prompt":"x","n":-1}"#, "n"),
             (r#"{"prompt":"x","size":"0x0"}"#, "size"),
-            (r#"{"prompt":"x","response_format":"png"}"#, "response_format"),
+            (
+                r#"{"prompt":"x","response_format":"png"}"#,
+                "response_format",
+            ),
             (r#"{"prompt":"x","output_format":"gif"}"#, "output_format"),
-            (r#"{"prompt":"x","output_compression":101}"#, "output_compression"),
+            (
+                r#"{"prompt":"x","output_compression":101}"#,
+                "output_compression",
+            ),
             (r#"{"prompt":"x","quality":"ultra"}"#, "quality"),
             (r#"{"prompt":"x","style":"bold"}"#, "style"),
             (r#"{"prompt":"x","background":"transparent"}"#, "background"),
@@ -793,7 +862,11 @@ mod tests {
         ];
         for (body, expected) in table {
             let err = plan_json(body).unwrap_err();
-            assert_eq!(actix_web::ResponseError::status_code(&err).as_u16(), 400, "{body}");
+            assert_eq!(
+                actix_web::ResponseError::status_code(&err).as_u16(),
+                400,
+                "{body}"
+            );
             assert_eq!(param(err).as_deref(), Some(expected), "{body}");
         }
     }
@@ -824,7 +897,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             plan.ignored_fields,
-            ["quality", "style", "output_compression", "user", "frobnicate"]
+            [
+                "quality",
+                "style",
+                "output_compression",
+                "user",
+                "frobnicate"
+            ]
         );
         assert_eq!(plan.quality, "hd");
         assert_eq!(plan.background, "opaque");
@@ -859,13 +938,25 @@ mod tests {
             assert_ne!(key(different), base, "{different}");
         }
         let plan = plan_json(r#"{"prompt":"cat"}"#).unwrap();
-        assert_ne!(plan.cache_key(Some(b"tenant-a")), plan.cache_key(Some(b"tenant-b")));
+        assert_ne!(
+            plan.cache_key(Some(b"tenant-a")),
+            plan.cache_key(Some(b"tenant-b"))
+        );
         assert_ne!(plan.cache_key(Some(b"tenant-a")), base);
     }
 
     #[test]
     fn endpoint_ids_are_validated() {
-        for bad in ["", "fal-ai", "fal-ai/", "/imagen4", "fal-ai/../x", "fal ai/x", "a/b?c", "a/b/"] {
+        for bad in [
+            "",
+            "fal-ai",
+            "fal-ai/",
+            "/imagen4",
+            "fal-ai/../x",
+            "fal ai/x",
+            "a/b?c",
+            "a/b/",
+        ] {
             assert!(EndpointId::parse(bad).is_none(), "{bad:?}");
         }
         let id = EndpointId::parse("fal-ai/imagen4/preview").unwrap();

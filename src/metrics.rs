@@ -26,8 +26,8 @@ pub const UPSTREAM_CALL_BUCKETS: &[f64] = &[
 /// A whole fal job, split into queue wait and run time: Imagen 4 fast runs
 /// in a few seconds, ultra and busy queues in tens of seconds to minutes.
 pub const JOB_DURATION_BUCKETS: &[f64] = &[
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0,
-    120.0, 180.0, 300.0,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0,
+    180.0, 300.0,
 ];
 
 pub struct Metrics {
@@ -87,8 +87,11 @@ fn histogram_vec(
     labels: &[&str],
     buckets: &[f64],
 ) -> HistogramVec {
-    let m = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let m = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(m.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     m

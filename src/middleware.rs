@@ -81,7 +81,10 @@ pub async fn edge(
     let mut res = next.call(req).await?.map_into_boxed_body();
 
     let elapsed = started.elapsed();
-    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
     let status = res.status();
     if let Some(state) = &state {
         state
@@ -138,13 +141,21 @@ pub async fn require_key(
         return Ok(req.error_response(ApiError::Internal));
     };
     if state.auth.is_open() || is_open_path(req.path(), state.metrics_public) {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
     }
-    let authorization = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
     match state.auth.check(authorization) {
         Ok(client) => {
             req.extensions_mut().insert(client);
-            next.call(req).await.map(ServiceResponse::map_into_boxed_body)
+            next.call(req)
+                .await
+                .map(ServiceResponse::map_into_boxed_body)
         }
         Err(e) => Ok(req.error_response(e)),
     }

@@ -99,7 +99,10 @@ pub fn parse_generation_body(body: &[u8]) -> Result<ParsedRequest, ApiError> {
             .unwrap_or("");
         match KNOWN_FIELDS.iter().find(|k| **k == field) {
             Some(param) => ApiError::invalid(
-                format!("Invalid type for '{param}': {}.", expected_type(param, &inner)),
+                format!(
+                    "Invalid type for '{param}': {}.",
+                    expected_type(param, &inner)
+                ),
                 param,
             ),
             None => ApiError::invalid_body(format!("Invalid request body: {inner}.")),
@@ -178,8 +181,14 @@ mod tests {
         assert_eq!(param_of(r#"{"prompt":"x","n":"2"}"#).as_deref(), Some("n"));
         assert_eq!(param_of(r#"{"prompt":"x","n":2.5}"#).as_deref(), Some("n"));
         assert_eq!(param_of(r#"{"prompt":5}"#).as_deref(), Some("prompt"));
-        assert_eq!(param_of(r#"{"prompt":"x","size":[1024,1024]}"#).as_deref(), Some("size"));
-        assert_eq!(param_of(r#"{"prompt":"x","stream":"yes"}"#).as_deref(), Some("stream"));
+        assert_eq!(
+            param_of(r#"{"prompt":"x","size":[1024,1024]}"#).as_deref(),
+            Some("size")
+        );
+        assert_eq!(
+            param_of(r#"{"prompt":"x","stream":"yes"}"#).as_deref(),
+            Some("stream")
+        );
         assert_eq!(
             param_of(r#"{"prompt":"x","n":123456789012345678901234567890}"#).as_deref(),
             Some("n")

@@ -528,7 +528,10 @@ impl Settings {
             ));
         }
         positive("server.max_body_bytes", self.server.max_body_bytes as u64)?;
-        positive("server.max_prompt_chars", self.server.max_prompt_chars as u64)?;
+        positive(
+            "server.max_prompt_chars",
+            self.server.max_prompt_chars as u64,
+        )?;
         positive(
             "server.request_timeout_seconds",
             self.server.request_timeout_seconds,
@@ -574,7 +577,10 @@ impl Settings {
                 if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(ConfigError::new(
                         "auth.api_keys",
-                        format!("entry {} starts with `sha256:` but is not followed by 64 hex digits", i + 1),
+                        format!(
+                            "entry {} starts with `sha256:` but is not followed by 64 hex digits",
+                            i + 1
+                        ),
                     ));
                 }
             }
@@ -587,12 +593,18 @@ impl Settings {
 
     fn validate_models(&self) -> Result<(), ConfigError> {
         if self.models.catalog.is_empty() {
-            return Err(ConfigError::new("models.catalog", "needs at least one model"));
+            return Err(ConfigError::new(
+                "models.catalog",
+                "needs at least one model",
+            ));
         }
         let mut names = BTreeSet::new();
         for m in &self.models.catalog {
             if m.id.trim().is_empty() {
-                return Err(ConfigError::new("models.catalog", "a model has an empty `id`"));
+                return Err(ConfigError::new(
+                    "models.catalog",
+                    "a model has an empty `id`",
+                ));
             }
             if crate::mapping::EndpointId::parse(&m.endpoint).is_none() {
                 return Err(ConfigError::new(
@@ -615,7 +627,10 @@ impl Settings {
         if !names.contains(self.models.default.as_str()) {
             return Err(ConfigError::new(
                 "models.default",
-                format!("`{}` is not a model id or alias in models.catalog", self.models.default),
+                format!(
+                    "`{}` is not a model id or alias in models.catalog",
+                    self.models.default
+                ),
             ));
         }
         Ok(())
@@ -726,8 +741,8 @@ mod tests {
 
     #[test]
     fn a_single_numeric_client_key_stays_a_string() {
-        let s = Settings::load_from(None, env(&[("IMAGE_GATEWAY__AUTH__API_KEYS", "12345")]))
-            .unwrap();
+        let s =
+            Settings::load_from(None, env(&[("IMAGE_GATEWAY__AUTH__API_KEYS", "12345")])).unwrap();
         assert_eq!(s.auth.api_keys[0].expose(), "12345");
     }
 
@@ -759,13 +774,29 @@ mod tests {
     #[test]
     fn invalid_values_name_their_key() {
         let cases = [
-            ("IMAGE_GATEWAY__SERVER__LISTEN", "not-an-address", "server.listen"),
+            (
+                "IMAGE_GATEWAY__SERVER__LISTEN",
+                "not-an-address",
+                "server.listen",
+            ),
             ("IMAGE_GATEWAY__FAL__QUEUE_URL", "ftp://x", "fal.queue_url"),
             ("IMAGE_GATEWAY__FAL__RUN_URL", "nope", "fal.run_url"),
-            ("IMAGE_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS", "soon", "server.request_timeout_seconds"),
-            ("IMAGE_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS", "0", "server.request_timeout_seconds"),
+            (
+                "IMAGE_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS",
+                "soon",
+                "server.request_timeout_seconds",
+            ),
+            (
+                "IMAGE_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS",
+                "0",
+                "server.request_timeout_seconds",
+            ),
             ("IMAGE_GATEWAY__BACKEND", "openai", "backend"),
-            ("IMAGE_GATEWAY__AUTH__API_KEYS", "sha256:abc", "auth.api_keys"),
+            (
+                "IMAGE_GATEWAY__AUTH__API_KEYS",
+                "sha256:abc",
+                "auth.api_keys",
+            ),
             ("IMAGE_GATEWAY__MODELS__DEFAULT", "nope", "models.default"),
             ("IMAGE_GATEWAY__LOG__LEVEL", "=[", "log.level"),
         ];
@@ -780,7 +811,8 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_refused() {
-        let err = Settings::load_from(None, env(&[("IMAGE_GATEWAY__SERVER__LISTN", "x")])).unwrap_err();
+        let err =
+            Settings::load_from(None, env(&[("IMAGE_GATEWAY__SERVER__LISTN", "x")])).unwrap_err();
         assert!(err.to_string().contains("listn"), "{err}");
     }
 

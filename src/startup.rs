@@ -79,7 +79,11 @@ impl Application {
     /// `#[actix_web::test]`).
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let workers = if settings.server.workers == 0 { cores } else { settings.server.workers };
+        let workers = if settings.server.workers == 0 {
+            cores
+        } else {
+            settings.server.workers
+        };
         let metrics = Arc::new(Metrics::new());
         let kind = settings.backend_kind();
         metrics
@@ -93,9 +97,13 @@ impl Application {
                 .thread_name("upstream")
                 .enable_all()
                 .build()
-                .map_err(|e| StartupError::Setup(format!("cannot start the upstream runtime: {e}")))?,
+                .map_err(|e| {
+                    StartupError::Setup(format!("cannot start the upstream runtime: {e}"))
+                })?,
         ));
-        let runtime_handle = runtime.handle().ok_or_else(|| StartupError::Setup("no runtime".into()))?;
+        let runtime_handle = runtime
+            .handle()
+            .ok_or_else(|| StartupError::Setup("no runtime".into()))?;
         let http = build_client(&settings.fal)
             .map_err(|e| StartupError::Setup(format!("cannot build the HTTP client: {e}")))?;
         let upstream = Arc::new(Upstream {
@@ -191,7 +199,9 @@ impl Application {
         })
         .workers(workers)
         .keep_alive(Duration::from_secs(settings.server.keep_alive_seconds))
-        .client_request_timeout(Duration::from_millis(settings.server.client_header_timeout_ms))
+        .client_request_timeout(Duration::from_millis(
+            settings.server.client_header_timeout_ms,
+        ))
         .client_disconnect_timeout(Duration::from_secs(1))
         .shutdown_timeout(grace.as_secs())
         .disable_signals()
@@ -203,7 +213,8 @@ impl Application {
         })?
         .run();
 
-        let (admin, admin_port) = if settings.metrics.enabled && !settings.metrics.listen.is_empty() {
+        let (admin, admin_port) = if settings.metrics.enabled && !settings.metrics.listen.is_empty()
+        {
             let listener = bind("metrics.listen", &settings.metrics.listen)?;
             let admin_port = listener.local_addr().map(|a| a.port()).ok();
             let admin_state = state.clone();
@@ -294,7 +305,10 @@ async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",

@@ -42,7 +42,14 @@ pub async fn respond(
     let backend = state.backend;
     let wait: Pin<Box<dyn Future<Output = FlightResult> + Send>> = match pending {
         Pending::Ready(g) => {
-            common_headers(&mut res, &plan, &Served { generation: g.clone(), status });
+            common_headers(
+                &mut res,
+                &plan,
+                &Served {
+                    generation: g.clone(),
+                    status,
+                },
+            );
             Box::pin(futures_util::future::ready(Ok(g)))
         }
         Pending::Waiting(w) => {

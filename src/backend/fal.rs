@@ -160,8 +160,19 @@ impl Upstream {
                     self.count(op, "too_large");
                     return Err(CallError::TooLarge);
                 }
-                Err(ExecError::Transport { timeout, connect, message }) => {
-                    self.count(op, if timeout { "timeout" } else { "transport_error" });
+                Err(ExecError::Transport {
+                    timeout,
+                    connect,
+                    message,
+                }) => {
+                    self.count(
+                        op,
+                        if timeout {
+                            "timeout"
+                        } else {
+                            "transport_error"
+                        },
+                    );
                     if (retry_transport || connect) && attempt < self.retry.max_retries {
                         self.retry.delay(attempt)
                     } else {
@@ -176,7 +187,12 @@ impl Upstream {
                 .upstream_retries
                 .with_label_values(&[op.as_str()])
                 .inc();
-            tracing::debug!(operation = op.as_str(), attempt, delay_ms = delay.as_millis() as u64, "retrying upstream call");
+            tracing::debug!(
+                operation = op.as_str(),
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                "retrying upstream call"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = ctx.cancel.cancelled() => return Err(CallError::Cancelled),
@@ -201,7 +217,9 @@ impl Upstream {
         if resp.content_length().is_some_and(|n| n > limit as u64) {
             return Err(ExecError::TooLarge);
         }
-        let mut buf = BytesMut::with_capacity(resp.content_length().unwrap_or(8192).min(limit as u64) as usize);
+        let mut buf = BytesMut::with_capacity(
+            resp.content_length().unwrap_or(8192).min(limit as u64) as usize,
+        );
         while let Some(chunk) = resp.chunk().await.map_err(ExecError::from_reqwest)? {
             if buf.len() + chunk.len() > limit {
                 return Err(ExecError::TooLarge);
@@ -218,17 +236,26 @@ impl Upstream {
     /// Fetch an image fal returned as a URL, for a client that asked for
     /// base64. Plain GET: no fal key, http(s) only, size-limited.
     pub async fn download(&self, url: &str, ctx: &JobContext) -> Result<Bytes, ApiError> {
-        let parsed = reqwest::Url::parse(url).map_err(|_| protocol("an image URL that does not parse"))?;
+        let parsed =
+            reqwest::Url::parse(url).map_err(|_| protocol("an image URL that does not parse"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(protocol("an image URL that is not http(s)"));
         }
         let answer = self
-            .call(Operation::Download, || self.http.get(parsed.clone()), ctx, true)
+            .call(
+                Operation::Download,
+                || self.http.get(parsed.clone()),
+                ctx,
+                true,
+            )
             .await
             .map_err(|e| call_error(e, ctx))?;
         if !answer.status.is_success() {
             return Err(ApiError::Upstream {
-                message: format!("Downloading the generated image failed with HTTP {}.", answer.status.as_u16()),
+                message: format!(
+                    "Downloading the generated image failed with HTTP {}.",
+                    answer.status.as_u16()
+                ),
             });
         }
         Ok(answer.body)
@@ -300,7 +327,12 @@ fn retryable(op: Operation, answer: &Answer) -> Option<Option<Duration>> {
 /// `retry-after-ms`, then `retry-after` in seconds; HTTP dates are ignored
 /// (the exponential backoff applies instead).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
         if ms.is_finite() && ms >= 0.0 {
             return Some(Duration::from_secs_f64((ms / 1000.0).min(3600.0)));
@@ -329,7 +361,9 @@ pub fn call_error(e: CallError, ctx: &JobContext) -> ApiError {
                 message: "The image backend (fal.ai) could not be reached.".into(),
             }
         }
-        CallError::TooLarge => protocol("an answer larger than the gateway's fal.max_response_bytes"),
+        CallError::TooLarge => {
+            protocol("an answer larger than the gateway's fal.max_response_bytes")
+        }
     }
 }
 
@@ -339,7 +373,11 @@ pub fn classify(op: Operation, answer: &Answer) -> ApiError {
     let error_type = error_type_of(answer);
     match status {
         401 | 403 => {
-            tracing::error!(operation = op.as_str(), status, "fal refused the gateway's FAL_KEY");
+            tracing::error!(
+                operation = op.as_str(),
+                status,
+                "fal refused the gateway's FAL_KEY"
+            );
             ApiError::UpstreamAuth
         }
         422 => ApiError::ContentPolicy {
@@ -358,10 +396,17 @@ pub fn classify(op: Operation, answer: &Answer) -> ApiError {
             }
         }
         _ => {
-            tracing::warn!(operation = op.as_str(), status, error_type = error_type.as_deref().unwrap_or(""), "fal call failed");
+            tracing::warn!(
+                operation = op.as_str(),
+                status,
+                error_type = error_type.as_deref().unwrap_or(""),
+                "fal call failed"
+            );
             ApiError::Upstream {
                 message: match error_type {
-                    Some(t) => format!("The image backend (fal.ai) failed with HTTP {status} ({t})."),
+                    Some(t) => {
+                        format!("The image backend (fal.ai) failed with HTTP {status} ({t}).")
+                    }
                     None => format!("The image backend (fal.ai) failed with HTTP {status}."),
                 },
             }
@@ -380,7 +425,11 @@ fn error_type_of(answer: &Answer) -> Option<String> {
         .get("x-fal-error-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| serde_json::from_slice::<Body>(&answer.body).ok().and_then(|b| b.error_type))?;
+        .or_else(|| {
+            serde_json::from_slice::<Body>(&answer.body)
+                .ok()
+                .and_then(|b| b.error_type)
+        })?;
     safe_token(&raw)
 }
 
@@ -410,10 +459,12 @@ fn rejection_message(body: &[u8]) -> String {
     struct Body {
         detail: Option<Detail>,
     }
-    let detail = serde_json::from_slice::<Body>(body).ok().and_then(|b| match b.detail? {
-        Detail::List(items) => items.into_iter().find_map(|i| i.msg),
-        Detail::Text(t) => Some(t),
-    });
+    let detail = serde_json::from_slice::<Body>(body)
+        .ok()
+        .and_then(|b| match b.detail? {
+            Detail::List(items) => items.into_iter().find_map(|i| i.msg),
+            Detail::Text(t) => Some(t),
+        });
     match detail {
         Some(d) => {
             let d: String = d.chars().filter(|c| !c.is_control()).take(300).collect();
@@ -489,7 +540,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 }
 
 impl FalBackend {
-    pub fn new(settings: &FalSettings, key: &Secret, upstream: Arc<Upstream>, cancels: TaskTracker) -> Result<Self, String> {
+    pub fn new(
+        settings: &FalSettings,
+        key: &Secret,
+        upstream: Arc<Upstream>,
+        cancels: TaskTracker,
+    ) -> Result<Self, String> {
         let mut auth = HeaderValue::from_str(&format!("Key {}", key.expose()))
             .map_err(|_| "FAL_KEY contains characters not allowed in an HTTP header".to_string())?;
         // Keeps the value out of hyper's and h2's debug output.
@@ -525,7 +581,12 @@ impl FalBackend {
         let submit_url = format!("{}/{}", self.queue_url, job.endpoint.full());
         let answer = self
             .upstream
-            .call(Operation::Submit, || self.post_json(&submit_url, &body), ctx, true)
+            .call(
+                Operation::Submit,
+                || self.post_json(&submit_url, &body),
+                ctx,
+                true,
+            )
             .await
             .map_err(|e| call_error(e, ctx))?;
         if !answer.status.is_success() {
@@ -534,7 +595,12 @@ impl FalBackend {
         let submitted: Submitted = serde_json::from_slice(&answer.body)
             .map_err(|_| protocol("a submit answer without request_id"))?;
         let id = submitted.request_id;
-        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(protocol("a malformed request_id"));
         }
         let request_url = format!("{}/{}/requests/{}", self.queue_url, job.endpoint.app(), id);
@@ -556,7 +622,11 @@ impl FalBackend {
         }
     }
 
-    async fn wait_and_fetch(&self, request_url: &str, ctx: &JobContext) -> Result<JobOutput, WaitError> {
+    async fn wait_and_fetch(
+        &self,
+        request_url: &str,
+        ctx: &JobContext,
+    ) -> Result<JobOutput, WaitError> {
         let submitted_at = Instant::now();
         let mut running_since: Option<Instant> = None;
         let status_url = format!("{request_url}/status");
@@ -569,17 +639,25 @@ impl FalBackend {
                     _ = tokio::time::sleep_until(ctx.deadline) => return Err(WaitError::Deadline),
                 }
             }
-            delay = (delay * 2).max(Duration::from_millis(25)).min(self.poll_max);
+            delay = (delay * 2)
+                .max(Duration::from_millis(25))
+                .min(self.poll_max);
             let answer = self
                 .upstream
-                .call(Operation::Status, || self.request(Method::GET, &status_url), ctx, true)
+                .call(
+                    Operation::Status,
+                    || self.request(Method::GET, &status_url),
+                    ctx,
+                    true,
+                )
                 .await
                 .map_err(|e| WaitError::from_call(e, ctx))?;
             if !answer.status.is_success() {
                 return Err(WaitError::Failed(classify(Operation::Status, &answer)));
             }
-            let status: Status = serde_json::from_slice(&answer.body)
-                .map_err(|_| WaitError::Failed(protocol("a status answer that is not JSON with `status`")))?;
+            let status: Status = serde_json::from_slice(&answer.body).map_err(|_| {
+                WaitError::Failed(protocol("a status answer that is not JSON with `status`"))
+            })?;
             match status.status.as_str() {
                 "IN_QUEUE" => {}
                 "IN_PROGRESS" => {
@@ -588,7 +666,10 @@ impl FalBackend {
                 "COMPLETED" => {
                     if status.error.as_ref().is_some_and(|e| !e.is_null()) {
                         let t = status.error_type.as_deref().and_then(safe_token);
-                        tracing::warn!(error_type = t.as_deref().unwrap_or(""), "fal job completed with an error");
+                        tracing::warn!(
+                            error_type = t.as_deref().unwrap_or(""),
+                            "fal job completed with an error"
+                        );
                         return Err(WaitError::Failed(completed_error(t)));
                     }
                     break;
@@ -600,7 +681,12 @@ impl FalBackend {
         let started = running_since.unwrap_or(done);
         let answer = self
             .upstream
-            .call(Operation::Result, || self.request(Method::GET, request_url), ctx, true)
+            .call(
+                Operation::Result,
+                || self.request(Method::GET, request_url),
+                ctx,
+                true,
+            )
             .await
             .map_err(|e| WaitError::from_call(e, ctx))?;
         if !answer.status.is_success() {
@@ -619,7 +705,11 @@ impl FalBackend {
     fn cancel_upstream(&self, request_url: String, reason: &'static str) {
         let upstream = self.upstream.clone();
         let req = self.request(Method::PUT, &format!("{request_url}/cancel"));
-        upstream.metrics.upstream_cancels.with_label_values(&[reason]).inc();
+        upstream
+            .metrics
+            .upstream_cancels
+            .with_label_values(&[reason])
+            .inc();
         self.cancels.spawn(async move {
             let started = std::time::Instant::now();
             let outcome = match req.timeout(Duration::from_secs(10)).send().await {
@@ -631,7 +721,11 @@ impl FalBackend {
                 Err(e) if e.is_timeout() => "timeout",
                 Err(_) => "transport_error",
             };
-            upstream.metrics.upstream_duration.with_label_values(&["cancel"]).observe(started.elapsed().as_secs_f64());
+            upstream
+                .metrics
+                .upstream_duration
+                .with_label_values(&["cancel"])
+                .observe(started.elapsed().as_secs_f64());
             upstream.count(Operation::Cancel, outcome);
             tracing::debug!(outcome, "fal job cancelled");
         });
@@ -705,7 +799,9 @@ pub fn parse_output(body: &Bytes) -> Result<Vec<GeneratedImage>, ApiError> {
         .map(|img| {
             let url = img.url.ok_or_else(|| protocol("an image without url"))?.0;
             let content = if let Some(rest) = url.strip_prefix("data:") {
-                let (meta, payload) = rest.split_once(',').ok_or_else(|| protocol("a malformed data URI"))?;
+                let (meta, payload) = rest
+                    .split_once(',')
+                    .ok_or_else(|| protocol("a malformed data URI"))?;
                 if !meta.ends_with(";base64") {
                     return Err(protocol("a data URI that is not base64"));
                 }
@@ -716,11 +812,16 @@ pub fn parse_output(body: &Bytes) -> Result<Vec<GeneratedImage>, ApiError> {
                     }
                     Cow::Owned(_) => Bytes::copy_from_slice(payload.as_bytes()),
                 };
-                ImageContent::Base64(normalize_base64(bytes).ok_or_else(|| protocol("a data URI that is not base64"))?)
+                ImageContent::Base64(
+                    normalize_base64(bytes)
+                        .ok_or_else(|| protocol("a data URI that is not base64"))?,
+                )
             } else if url.starts_with("https://") || url.starts_with("http://") {
                 ImageContent::Url(url.into_owned())
             } else {
-                return Err(protocol("an image url that is neither a data URI nor http(s)"));
+                return Err(protocol(
+                    "an image url that is neither a data URI nor http(s)",
+                ));
             };
             Ok(GeneratedImage {
                 content,
@@ -749,7 +850,9 @@ pub fn normalize_base64(b: Bytes) -> Option<Bytes> {
     if decoded.is_empty() {
         return None;
     }
-    Some(Bytes::from(base64::engine::general_purpose::STANDARD.encode(decoded)))
+    Some(Bytes::from(
+        base64::engine::general_purpose::STANDARD.encode(decoded),
+    ))
 }
 
 impl ImageBackend for FalBackend {
@@ -757,7 +860,11 @@ impl ImageBackend for FalBackend {
         BackendKind::Fal
     }
 
-    fn generate<'a>(&'a self, job: &'a Job, ctx: &'a JobContext) -> BoxFuture<'a, Result<JobOutput, ApiError>> {
+    fn generate<'a>(
+        &'a self,
+        job: &'a Job,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<JobOutput, ApiError>> {
         async move {
             match self.mode {
                 FalMode::Queue => self.run_queue(job, ctx).await,
@@ -775,7 +882,10 @@ mod tests {
     fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
-            h.insert(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.insert(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         Answer {
             status: StatusCode::from_u16(status).unwrap(),
@@ -791,23 +901,41 @@ mod tests {
             (Operation::Submit, answer(408, &[], ""), true),
             (Operation::Submit, answer(409, &[], ""), true),
             (Operation::Submit, answer(429, &[], ""), true),
-            (Operation::Submit, answer(502, &[], "<html>nginx</html>"), true),
+            (
+                Operation::Submit,
+                answer(502, &[], "<html>nginx</html>"),
+                true,
+            ),
             (Operation::Submit, answer(503, &[], ""), true),
             (Operation::Submit, answer(504, &[], ""), true),
             (Operation::Submit, answer(502, &[fal_id], ""), false),
             (Operation::Submit, answer(503, &[fal_id], ""), false),
-            (Operation::Submit, answer(504, &[("x-fal-request-timeout-type", "user")], ""), false),
+            (
+                Operation::Submit,
+                answer(504, &[("x-fal-request-timeout-type", "user")], ""),
+                false,
+            ),
             (Operation::Submit, answer(500, &[], ""), false),
             (Operation::Status, answer(500, &[], ""), true),
             (Operation::Submit, answer(400, &[], ""), false),
             (Operation::Submit, answer(401, &[], ""), false),
             (Operation::Submit, answer(422, &[], ""), false),
-            (Operation::Run, answer(500, &[("x-fal-needs-retry", "1")], ""), true),
+            (
+                Operation::Run,
+                answer(500, &[("x-fal-needs-retry", "1")], ""),
+                true,
+            ),
             (Operation::Run, answer(408, &[], ""), false),
             (Operation::Run, answer(429, &[], ""), true),
         ];
         for (op, a, expected) in table {
-            assert_eq!(retryable(op, &a).is_some(), expected, "{op:?} {} {:?}", a.status, a.headers);
+            assert_eq!(
+                retryable(op, &a).is_some(),
+                expected,
+                "{op:?} {} {:?}",
+                a.status,
+                a.headers
+            );
         }
     }
 
@@ -815,7 +943,11 @@ mod tests {
     fn retry_after_is_read_in_ms_then_seconds() {
         let a = answer(429, &[("retry-after", "2")], "");
         assert_eq!(retry_after(&a.headers), Some(Duration::from_secs(2)));
-        let a = answer(429, &[("retry-after", "0.5"), ("retry-after-ms", "250")], "");
+        let a = answer(
+            429,
+            &[("retry-after", "0.5"), ("retry-after-ms", "250")],
+            "",
+        );
         assert_eq!(retry_after(&a.headers), Some(Duration::from_millis(250)));
         let a = answer(429, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
         assert_eq!(retry_after(&a.headers), None);
@@ -830,7 +962,8 @@ mod tests {
         };
         for attempt in 0..40 {
             let d = p.delay(attempt);
-            let nominal = Duration::from_millis(100 * 2u64.saturating_pow(attempt.min(20))).min(Duration::from_secs(1));
+            let nominal = Duration::from_millis(100 * 2u64.saturating_pow(attempt.min(20)))
+                .min(Duration::from_secs(1));
             assert!(d >= nominal / 2 && d <= nominal, "attempt {attempt}: {d:?}");
         }
     }
@@ -841,11 +974,39 @@ mod tests {
         let table = [
             (answer(401, &[], "{}"), 502, "upstream_error"),
             (answer(403, &[], "{}"), 502, "upstream_error"),
-            (answer(422, &[], r#"{"detail":[{"loc":["body","prompt"],"msg":"flagged","type":"x"}]}"#), 400, "content_policy_violation"),
-            (answer(429, &[("retry-after", "7")], ""), 429, "rate_limit_exceeded"),
-            (answer(500, &[], "secret stack trace"), 502, "upstream_error"),
-            (answer(503, &[("x-fal-error-type", "runner_scheduling_failure")], ""), 502, "upstream_error"),
-            (answer(504, &[("x-fal-request-timeout-type", "user")], ""), 502, "upstream_error"),
+            (
+                answer(
+                    422,
+                    &[],
+                    r#"{"detail":[{"loc":["body","prompt"],"msg":"flagged","type":"x"}]}"#,
+                ),
+                400,
+                "content_policy_violation",
+            ),
+            (
+                answer(429, &[("retry-after", "7")], ""),
+                429,
+                "rate_limit_exceeded",
+            ),
+            (
+                answer(500, &[], "secret stack trace"),
+                502,
+                "upstream_error",
+            ),
+            (
+                answer(
+                    503,
+                    &[("x-fal-error-type", "runner_scheduling_failure")],
+                    "",
+                ),
+                502,
+                "upstream_error",
+            ),
+            (
+                answer(504, &[("x-fal-request-timeout-type", "user")], ""),
+                502,
+                "upstream_error",
+            ),
         ];
         for (a, status, code) in table {
             let e = classify(Operation::Submit, &a);
@@ -853,9 +1014,19 @@ mod tests {
             assert_eq!(e.code(), Some(code), "{e:?}");
             assert!(!e.message().contains("secret"), "{e:?}");
         }
-        let e = classify(Operation::Result, &answer(422, &[], r#"{"detail":[{"msg":"flagged by safety"}]}"#));
+        let e = classify(
+            Operation::Result,
+            &answer(422, &[], r#"{"detail":[{"msg":"flagged by safety"}]}"#),
+        );
         assert!(e.message().contains("flagged by safety"));
-        let e = classify(Operation::Submit, &answer(503, &[], r#"{"detail":"x","error_type":"runner_scheduling_failure"}"#));
+        let e = classify(
+            Operation::Submit,
+            &answer(
+                503,
+                &[],
+                r#"{"detail":"x","error_type":"runner_scheduling_failure"}"#,
+            ),
+        );
         assert!(e.message().contains("runner_scheduling_failure"));
     }
 
@@ -869,12 +1040,17 @@ mod tests {
             ImageContent::Base64(b) => {
                 assert_eq!(&b[..], b"aGVsbG8=");
                 // A slice of the body, not a copy.
-                assert!(body.as_ptr() <= b.as_ptr() && b.as_ptr() < body.as_ptr().wrapping_add(body.len()));
+                assert!(
+                    body.as_ptr() <= b.as_ptr()
+                        && b.as_ptr() < body.as_ptr().wrapping_add(body.len())
+                );
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(images[0].width, Some(1024));
-        assert!(matches!(&images[1].content, ImageContent::Url(u) if u == "https://v3.fal.media/files/x.png"));
+        assert!(
+            matches!(&images[1].content, ImageContent::Url(u) if u == "https://v3.fal.media/files/x.png")
+        );
     }
 
     #[test]
@@ -895,9 +1071,18 @@ mod tests {
 
     #[test]
     fn base64_is_normalized_to_standard_padding() {
-        assert_eq!(&normalize_base64(Bytes::from_static(b"aGVsbG8=")).unwrap()[..], b"aGVsbG8=");
-        assert_eq!(&normalize_base64(Bytes::from_static(b"aGVsbG8")).unwrap()[..], b"aGVsbG8=");
-        assert_eq!(&normalize_base64(Bytes::from_static(b"-_-_")).unwrap()[..], b"+/+/");
+        assert_eq!(
+            &normalize_base64(Bytes::from_static(b"aGVsbG8=")).unwrap()[..],
+            b"aGVsbG8="
+        );
+        assert_eq!(
+            &normalize_base64(Bytes::from_static(b"aGVsbG8")).unwrap()[..],
+            b"aGVsbG8="
+        );
+        assert_eq!(
+            &normalize_base64(Bytes::from_static(b"-_-_")).unwrap()[..],
+            b"+/+/"
+        );
         assert!(normalize_base64(Bytes::from_static(b"")).is_none());
         assert!(normalize_base64(Bytes::from_static(b"a")).is_none());
     }

@@ -163,7 +163,11 @@ pub fn render(prompt: &str, seed: Option<u32>, index: u8, width: u32, height: u3
                 let d2 = (dx * dx + dy * dy) / (radius * radius);
                 if d2 < 4.0 {
                     // A bright core with a soft halo.
-                    let a = if d2 < 1.0 { 0.85 } else { 0.85 * (4.0 - d2) / 3.0 };
+                    let a = if d2 < 1.0 {
+                        0.85
+                    } else {
+                        0.85 * (4.0 - d2) / 3.0
+                    };
                     for c in 0..3 {
                         rgb[c] = rgb[c] * (1.0 - a) + colour[c] * a;
                     }
@@ -179,18 +183,19 @@ pub fn render(prompt: &str, seed: Option<u32>, index: u8, width: u32, height: u3
 pub fn encode(img: &RgbImage, format: OutputFormat) -> Result<Bytes, ApiError> {
     let mut out = Cursor::new(Vec::with_capacity((img.width() * img.height()) as usize));
     let (w, h) = img.dimensions();
-    let result = match format {
-        OutputFormat::Png => image::codecs::png::PngEncoder::new_with_quality(
-            &mut out,
-            image::codecs::png::CompressionType::Fast,
-            image::codecs::png::FilterType::Adaptive,
-        )
-        .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8),
-        OutputFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+    let result =
+        match format {
+            OutputFormat::Png => image::codecs::png::PngEncoder::new_with_quality(
+                &mut out,
+                image::codecs::png::CompressionType::Fast,
+                image::codecs::png::FilterType::Adaptive,
+            )
             .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8),
-        OutputFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
-            .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8),
-    };
+            OutputFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8),
+            OutputFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
+                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8),
+        };
     result.map_err(|e| {
         tracing::error!(error = %e, "local backend could not encode an image");
         ApiError::Internal

@@ -7,15 +7,26 @@ use actix_web::{HttpResponse, web};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub async fn get(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let file = state.gateway.files.get(&name).await.ok_or_else(|| ApiError::NotFound {
-        message: "No such image: it may have expired (see files.ttl_seconds).".into(),
-    })?;
+pub async fn get(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let file = state
+        .gateway
+        .files
+        .get(&name)
+        .await
+        .ok_or_else(|| ApiError::NotFound {
+            message: "No such image: it may have expired (see files.ttl_seconds).".into(),
+        })?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, file.format.content_type()))
         .insert_header((
             header::CACHE_CONTROL,
-            format!("private, max-age={}, immutable", state.gateway.files.ttl().as_secs()),
+            format!(
+                "private, max-age={}, immutable",
+                state.gateway.files.ttl().as_secs()
+            ),
         ))
         .body(file.bytes))
 }

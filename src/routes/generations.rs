@@ -75,10 +75,18 @@ pub fn common_headers(res: &mut HttpResponseBuilder, plan: &GenerationPlan, serv
     if served.status == CacheStatus::Hit {
         res.insert_header((
             header::AGE,
-            served.generation.produced_at.elapsed().as_secs().to_string(),
+            served
+                .generation
+                .produced_at
+                .elapsed()
+                .as_secs()
+                .to_string(),
         ));
     }
-    res.insert_header(("x-image-gateway-backend", served.generation.backend.as_str()));
+    res.insert_header((
+        "x-image-gateway-backend",
+        served.generation.backend.as_str(),
+    ));
     res.insert_header(("x-image-gateway-model", plan.model.id.as_str()));
     if !plan.ignored_fields.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&plan.ignored_fields.join(",")) {
@@ -214,7 +222,10 @@ mod tests {
             size: "1408x768".into(),
             output_format: OutputFormat::Png,
             response_format: format,
-            images: images.iter().map(|s| Bytes::from_static(s.as_bytes())).collect(),
+            images: images
+                .iter()
+                .map(|s| Bytes::from_static(s.as_bytes()))
+                .collect(),
             backend: BackendKind::Fal,
         }
     }
@@ -241,7 +252,10 @@ mod tests {
     fn url_answers_make_gateway_paths_absolute_and_keep_remote_urls() {
         let g = generation(
             ResponseFormat::Url,
-            &["/v1/images/files/abc.png", "https://v3.fal.media/files/x.png"],
+            &[
+                "/v1/images/files/abc.png",
+                "https://v3.fal.media/files/x.png",
+            ],
         );
         let (_, chunks) = json_chunks(&g, "http://gw:8080");
         assert_eq!(chunks.len(), 1);

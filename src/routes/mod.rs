@@ -17,12 +17,27 @@ pub const API_PREFIXES: [&str; 2] = ["/v1", ""];
 /// listener (not on a separate admin address).
 pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
     for p in API_PREFIXES {
-        cfg.route(&format!("{p}/images/generations"), web::post().to(generations::create))
-            .route(&format!("{p}/images/edits"), web::post().to(unsupported::edits))
-            .route(&format!("{p}/images/variations"), web::post().to(unsupported::variations))
-            .route(&format!("{p}/images/files/{{name}}"), web::get().to(files::get))
-            .route(&format!("{p}/models"), web::get().to(models::list))
-            .route(&format!("{p}/models/{{model}}"), web::get().to(models::retrieve));
+        cfg.route(
+            &format!("{p}/images/generations"),
+            web::post().to(generations::create),
+        )
+        .route(
+            &format!("{p}/images/edits"),
+            web::post().to(unsupported::edits),
+        )
+        .route(
+            &format!("{p}/images/variations"),
+            web::post().to(unsupported::variations),
+        )
+        .route(
+            &format!("{p}/images/files/{{name}}"),
+            web::get().to(files::get),
+        )
+        .route(&format!("{p}/models"), web::get().to(models::list))
+        .route(
+            &format!("{p}/models/{{model}}"),
+            web::get().to(models::retrieve),
+        );
     }
     cfg.route("/healthz", web::get().to(health::live))
         .route("/readyz", web::get().to(health::ready));

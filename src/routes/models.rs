@@ -45,12 +45,17 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"object": "list", "data": data}))
 }
 
-pub async fn retrieve(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn retrieve(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner();
     let model = state
         .catalog
         .resolve(&name)
-        .ok_or_else(|| ApiError::ModelNotFound { model: name.chars().take(64).collect() })?;
+        .ok_or_else(|| ApiError::ModelNotFound {
+            model: name.chars().take(64).collect(),
+        })?;
     let canonical = state
         .catalog
         .names()
