@@ -4,7 +4,7 @@
 //! a prompt, a key, a raw path or a request id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -144,7 +144,7 @@ impl Metrics {
             upstream_cancels: counter_vec(
                 &r,
                 "image_gateway_upstream_cancellations_total",
-                "Upstream jobs the gateway cancelled, by reason (deadline, client_gone, shutdown, failed).",
+                "Upstream jobs the gateway asked fal to cancel, by reason: deadline (the request deadline passed) or cancelled (nobody waits any more: clients gone, a sibling job failed, or shutdown).",
                 &["reason"],
             ),
             jobs: counter_vec(
@@ -248,6 +248,17 @@ impl Metrics {
             },
             registry: r,
         };
+        // Series that exist from the start, so dashboards and `rate()` see
+        // zeros instead of gaps.
+        for result in ["hit", "miss", "coalesced", "bypass"] {
+            m.cache_lookups.with_label_values(&[result]);
+        }
+        for limit in ["requests", "images"] {
+            m.rate_limited.with_label_values(&[limit]);
+        }
+        for reason in ["deadline", "cancelled"] {
+            m.upstream_cancels.with_label_values(&[reason]);
+        }
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -268,6 +279,45 @@ impl Metrics {
         buf
     }
 
+    /// Every metric family name this gateway declares (histograms and
+    /// counters by their base name), whether or not it has series yet.
+    pub fn family_names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 24] = [
+            &self.http_requests,
+            &self.http_duration,
+            &self.http_in_flight,
+            &self.upstream_requests,
+            &self.upstream_duration,
+            &self.upstream_retries,
+            &self.upstream_cancels,
+            &self.jobs,
+            &self.job_duration,
+            &self.jobs_in_flight,
+            &self.jobs_queued,
+            &self.load_shed,
+            &self.rate_limited,
+            &self.client_disconnects,
+            &self.cache_lookups,
+            &self.cache_entries,
+            &self.cache_size,
+            &self.cache_capacity,
+            &self.cache_evictions,
+            &self.files_entries,
+            &self.files_size,
+            &self.images_generated,
+            &self.stream_requests,
+            &self.build_info,
+        ];
+        let mut names: Vec<String> = collectors
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn observe_job(&self, model: &str, outcome: &str) {
         self.jobs.with_label_values(&[model, outcome]).inc();
     }
@@ -277,9 +327,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// A histogram timer that records on drop, for early returns.
-pub fn observe(h: &Histogram, started: std::time::Instant) {
-    h.observe(started.elapsed().as_secs_f64());
 }

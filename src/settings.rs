@@ -817,6 +817,33 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_holds_every_key_with_its_default_and_env_name() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config.example.toml");
+        let loaded = Settings::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(loaded.to_redacted_toml(), Settings::default().to_redacted_toml());
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let defaults: toml::Table = toml::from_str(&Settings::default().to_redacted_toml()).unwrap();
+        let mut checked = 0;
+        for (section, value) in &defaults {
+            let keys: Vec<(String, String)> = match value {
+                toml::Value::Table(t) => t
+                    .keys()
+                    .filter(|k| !(section == "models" && *k == "catalog"))
+                    .map(|k| (format!("{section}.{k}"), format!("IMAGE_GATEWAY__{}__{}", section.to_uppercase(), k.to_uppercase())))
+                    .collect(),
+                _ => vec![(section.clone(), format!("IMAGE_GATEWAY__{}", section.to_uppercase()))],
+            };
+            for (key, var) in keys {
+                assert!(text.contains(&format!("# env: {var}")), "{key}: no `# env: {var}` line");
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "only {checked} keys checked");
+        assert!(text.contains("# env: FAL_KEY"));
+    }
+
+    #[test]
     fn redacted_output_never_shows_secrets() {
         let s = Settings::load_from(
             None,

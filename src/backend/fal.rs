@@ -608,7 +608,7 @@ impl FalBackend {
 
         let result = self.wait_and_fetch(&request_url, ctx).await;
         if let Err(reason) = match &result {
-            Err(WaitError::Cancelled) => Err("client_gone"),
+            Err(WaitError::Cancelled) => Err("cancelled"),
             Err(WaitError::Deadline) => Err("deadline"),
             _ => Ok(()),
         } {
