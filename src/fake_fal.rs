@@ -490,15 +490,34 @@ async fn status_stream(
     path: web::Path<(String, String, String)>,
 ) -> HttpResponse {
     record(&state, &req, Op::Stream, None);
-    if let Err(res) = apply_fault(&state, Op::Stream).await {
-        return res;
-    }
+    let extra = match apply_fault(&state, Op::Stream).await {
+        Err(res) => return res,
+        Ok(extra) => extra,
+    };
     let id = path.2.clone();
     if job_status(&state, &id).is_none() {
         return fal_json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"detail": "Request not found"}),
         );
+    }
+    let single = |body: serde_json::Value| {
+        HttpResponse::Ok()
+            .insert_header(("x-fal-request-id", "fake-request"))
+            .content_type("text/event-stream")
+            .body(format!("data: {body}\n\n"))
+    };
+    match extra {
+        Some(FaultAction::UnknownStatus) => {
+            return single(serde_json::json!({"status": "EXPLODED"}));
+        }
+        Some(FaultAction::CompletedWithError { error, error_type }) => {
+            if let Some(job) = lock(&state.jobs).get_mut(id.as_str()) {
+                job.failed = Some((error, error_type));
+            }
+            return single(status_body(&state, &id, "COMPLETED"));
+        }
+        _ => {}
     }
     let state = state.into_inner();
     let events = futures_util::stream::unfold(

@@ -221,8 +221,8 @@ impl Default for FalSettings {
             queue_url: "https://queue.fal.run".into(),
             run_url: "https://fal.run".into(),
             mode: FalMode::Queue,
-            status_stream: false,
-            poll_initial_delay_ms: 0,
+            status_stream: true,
+            poll_initial_delay_ms: 50,
             poll_max_delay_ms: 1_000,
             max_retries: 5,
             retry_base_delay_ms: 100,
@@ -818,24 +818,44 @@ mod tests {
 
     #[test]
     fn the_annotated_example_holds_every_key_with_its_default_and_env_name() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config.example.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config.example.toml");
         let loaded = Settings::load_from(Some(&path), env(&[])).unwrap();
-        assert_eq!(loaded.to_redacted_toml(), Settings::default().to_redacted_toml());
+        assert_eq!(
+            loaded.to_redacted_toml(),
+            Settings::default().to_redacted_toml()
+        );
 
         let text = std::fs::read_to_string(&path).unwrap();
-        let defaults: toml::Table = toml::from_str(&Settings::default().to_redacted_toml()).unwrap();
+        let defaults: toml::Table =
+            toml::from_str(&Settings::default().to_redacted_toml()).unwrap();
         let mut checked = 0;
         for (section, value) in &defaults {
             let keys: Vec<(String, String)> = match value {
                 toml::Value::Table(t) => t
                     .keys()
                     .filter(|k| !(section == "models" && *k == "catalog"))
-                    .map(|k| (format!("{section}.{k}"), format!("IMAGE_GATEWAY__{}__{}", section.to_uppercase(), k.to_uppercase())))
+                    .map(|k| {
+                        (
+                            format!("{section}.{k}"),
+                            format!(
+                                "IMAGE_GATEWAY__{}__{}",
+                                section.to_uppercase(),
+                                k.to_uppercase()
+                            ),
+                        )
+                    })
                     .collect(),
-                _ => vec![(section.clone(), format!("IMAGE_GATEWAY__{}", section.to_uppercase()))],
+                _ => vec![(
+                    section.clone(),
+                    format!("IMAGE_GATEWAY__{}", section.to_uppercase()),
+                )],
             };
             for (key, var) in keys {
-                assert!(text.contains(&format!("# env: {var}")), "{key}: no `# env: {var}` line");
+                assert!(
+                    text.contains(&format!("# env: {var}")),
+                    "{key}: no `# env: {var}` line"
+                );
                 checked += 1;
             }
         }

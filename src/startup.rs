@@ -288,11 +288,15 @@ impl Application {
             r = &mut servers => r,
             signal = shutdown_signal() => {
                 tracing::info!(signal, grace_seconds = self.grace.as_secs(), "shutting down: finishing in-flight requests");
-                if let Some(h) = &admin_handle {
-                    h.stop(true).await;
-                }
-                handle.stop(true).await;
-                servers.await
+                // The servers must keep being polled while they stop.
+                let stop = async {
+                    if let Some(h) = &admin_handle {
+                        h.stop(true).await;
+                    }
+                    handle.stop(true).await;
+                };
+                let ((), result) = tokio::join!(stop, &mut servers);
+                result
             }
         };
         self.gateway.shutdown(Duration::from_secs(10)).await;
@@ -313,7 +317,10 @@ async fn shutdown_signal() -> &'static str {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             },
-            _ => std::future::pending().await,
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT");
+                std::future::pending().await
+            }
         }
     }
     #[cfg(not(unix))]

@@ -481,6 +481,7 @@ pub struct FalBackend {
     queue_url: String,
     run_url: String,
     mode: FalMode,
+    status_stream: bool,
     poll_initial: Duration,
     poll_max: Duration,
     cancels: TaskTracker,
@@ -556,6 +557,7 @@ impl FalBackend {
             queue_url: settings.queue_url.trim_end_matches('/').to_owned(),
             run_url: settings.run_url.trim_end_matches('/').to_owned(),
             mode: settings.mode,
+            status_stream: settings.status_stream,
             poll_initial: Duration::from_millis(settings.poll_initial_delay_ms),
             poll_max: Duration::from_millis(settings.poll_max_delay_ms),
             cancels,
@@ -630,52 +632,14 @@ impl FalBackend {
         let submitted_at = Instant::now();
         let mut running_since: Option<Instant> = None;
         let status_url = format!("{request_url}/status");
-        let mut delay = self.poll_initial;
-        loop {
-            if !delay.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = ctx.cancel.cancelled() => return Err(WaitError::Cancelled),
-                    _ = tokio::time::sleep_until(ctx.deadline) => return Err(WaitError::Deadline),
-                }
-            }
-            delay = (delay * 2)
-                .max(Duration::from_millis(25))
-                .min(self.poll_max);
-            let answer = self
-                .upstream
-                .call(
-                    Operation::Status,
-                    || self.request(Method::GET, &status_url),
-                    ctx,
-                    true,
-                )
-                .await
-                .map_err(|e| WaitError::from_call(e, ctx))?;
-            if !answer.status.is_success() {
-                return Err(WaitError::Failed(classify(Operation::Status, &answer)));
-            }
-            let status: Status = serde_json::from_slice(&answer.body).map_err(|_| {
-                WaitError::Failed(protocol("a status answer that is not JSON with `status`"))
-            })?;
-            match status.status.as_str() {
-                "IN_QUEUE" => {}
-                "IN_PROGRESS" => {
-                    running_since.get_or_insert_with(Instant::now);
-                }
-                "COMPLETED" => {
-                    if status.error.as_ref().is_some_and(|e| !e.is_null()) {
-                        let t = status.error_type.as_deref().and_then(safe_token);
-                        tracing::warn!(
-                            error_type = t.as_deref().unwrap_or(""),
-                            "fal job completed with an error"
-                        );
-                        return Err(WaitError::Failed(completed_error(t)));
-                    }
-                    break;
-                }
-                _ => return Err(WaitError::Failed(protocol("an unknown job status"))),
-            }
+        let streamed = if self.status_stream {
+            self.watch_stream(&status_url, ctx, &mut running_since)
+                .await?
+        } else {
+            false
+        };
+        if !streamed {
+            self.poll(&status_url, ctx, &mut running_since).await?;
         }
         let done = Instant::now();
         let started = running_since.unwrap_or(done);
@@ -698,6 +662,133 @@ impl FalBackend {
             queued: Some(started - submitted_at),
             running: Some(done - started),
         })
+    }
+
+    /// Poll the status until COMPLETED: a short first delay, then backing off.
+    async fn poll(
+        &self,
+        status_url: &str,
+        ctx: &JobContext,
+        running_since: &mut Option<Instant>,
+    ) -> Result<(), WaitError> {
+        let mut delay = self.poll_initial;
+        loop {
+            if !delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = ctx.cancel.cancelled() => return Err(WaitError::Cancelled),
+                    _ = tokio::time::sleep_until(ctx.deadline) => return Err(WaitError::Deadline),
+                }
+            }
+            delay = (delay * 2)
+                .max(Duration::from_millis(25))
+                .min(self.poll_max);
+            let answer = self
+                .upstream
+                .call(
+                    Operation::Status,
+                    || self.request(Method::GET, status_url),
+                    ctx,
+                    true,
+                )
+                .await
+                .map_err(|e| WaitError::from_call(e, ctx))?;
+            if !answer.status.is_success() {
+                return Err(WaitError::Failed(classify(Operation::Status, &answer)));
+            }
+            let status: Status = serde_json::from_slice(&answer.body).map_err(|_| {
+                WaitError::Failed(protocol("a status answer that is not JSON with `status`"))
+            })?;
+            if on_status(status, running_since)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Follow fal's status event stream until COMPLETED. `Ok(false)` means
+    /// the stream could not be used (refused, broken, closed early) and the
+    /// caller should poll instead.
+    async fn watch_stream(
+        &self,
+        status_url: &str,
+        ctx: &JobContext,
+        running_since: &mut Option<Instant>,
+    ) -> Result<bool, WaitError> {
+        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+        let request = self
+            .request(Method::GET, &format!("{status_url}/stream"))
+            .header(header::ACCEPT, "text/event-stream")
+            .timeout(remaining);
+        let started = std::time::Instant::now();
+        let sent = tokio::select! {
+            r = request.send() => r,
+            _ = ctx.cancel.cancelled() => return Err(WaitError::Cancelled),
+            _ = tokio::time::sleep_until(ctx.deadline) => return Err(WaitError::Deadline),
+        };
+        let mut resp = match sent {
+            Ok(resp) if resp.status().is_success() => resp,
+            Ok(resp) => {
+                self.upstream
+                    .count(Operation::Stream, outcome_label(resp.status()));
+                tracing::debug!(
+                    status = resp.status().as_u16(),
+                    "fal status stream refused; polling"
+                );
+                return Ok(false);
+            }
+            Err(e) => {
+                self.upstream.count(
+                    Operation::Stream,
+                    if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "transport_error"
+                    },
+                );
+                tracing::debug!("fal status stream unreachable; polling");
+                return Ok(false);
+            }
+        };
+        let mut buf = BytesMut::new();
+        let outcome = loop {
+            let chunk = tokio::select! {
+                c = resp.chunk() => c,
+                _ = ctx.cancel.cancelled() => return Err(WaitError::Cancelled),
+                _ = tokio::time::sleep_until(ctx.deadline) => return Err(WaitError::Deadline),
+            };
+            match chunk {
+                Ok(Some(bytes)) => {
+                    buf.extend_from_slice(&bytes);
+                    if buf.len() > MAX_SSE_EVENT_BYTES {
+                        break "too_large";
+                    }
+                    while let Some(event) = next_sse_event(&mut buf) {
+                        let Some(data) = event_data(&event) else {
+                            continue;
+                        };
+                        let status: Status = serde_json::from_slice(&data).map_err(|_| {
+                            WaitError::Failed(protocol(
+                                "a status event that is not JSON with `status`",
+                            ))
+                        })?;
+                        if on_status(status, running_since)? {
+                            self.upstream.count(Operation::Stream, "success");
+                            self.upstream
+                                .metrics
+                                .upstream_duration
+                                .with_label_values(&[Operation::Stream.as_str()])
+                                .observe(started.elapsed().as_secs_f64());
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(None) => break "closed_early",
+                Err(_) => break "transport_error",
+            }
+        };
+        self.upstream.count(Operation::Stream, outcome);
+        tracing::debug!(outcome, "fal status stream ended before COMPLETED; polling");
+        Ok(false)
     }
 
     /// Ask fal to drop a job nobody will read. Detached so the caller's
@@ -766,6 +857,65 @@ impl WaitError {
             other => WaitError::Failed(call_error(other, ctx)),
         }
     }
+}
+
+/// Largest status event kept while waiting for its end.
+const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Act on one status: `Ok(true)` when the job is done and its result can be
+/// fetched.
+fn on_status(status: Status, running_since: &mut Option<Instant>) -> Result<bool, WaitError> {
+    match status.status.as_str() {
+        "IN_QUEUE" => Ok(false),
+        "IN_PROGRESS" => {
+            running_since.get_or_insert_with(Instant::now);
+            Ok(false)
+        }
+        "COMPLETED" => {
+            if status.error.as_ref().is_some_and(|e| !e.is_null()) {
+                let t = status.error_type.as_deref().and_then(safe_token);
+                tracing::warn!(
+                    error_type = t.as_deref().unwrap_or(""),
+                    "fal job completed with an error"
+                );
+                return Err(WaitError::Failed(completed_error(t)));
+            }
+            Ok(true)
+        }
+        _ => Err(WaitError::Failed(protocol("an unknown job status"))),
+    }
+}
+
+/// Split one complete server-sent event (up to a blank line) off `buf`.
+fn next_sse_event(buf: &mut BytesMut) -> Option<Bytes> {
+    let text = &buf[..];
+    let (end, sep) = [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"]
+        .iter()
+        .filter_map(|sep| {
+            text.windows(sep.len())
+                .position(|w| w == *sep)
+                .map(|i| (i, sep.len()))
+        })
+        .min()?;
+    let event = buf.split_to(end + sep).freeze();
+    Some(event.slice(..end))
+}
+
+/// The joined `data:` lines of an event; `None` for comments and empty events.
+fn event_data(event: &[u8]) -> Option<Vec<u8>> {
+    let mut data: Option<Vec<u8>> = None;
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            let d = data.get_or_insert_with(Vec::new);
+            if !d.is_empty() {
+                d.push(b'\n');
+            }
+            d.extend_from_slice(rest);
+        }
+    }
+    data
 }
 
 /// A job fal reports COMPLETED with an `error`.
@@ -1067,6 +1217,19 @@ mod tests {
             let e = parse_output(&Bytes::from(body.to_owned())).unwrap_err();
             assert_eq!(e.code(), Some("upstream_error"), "{body}");
         }
+    }
+
+    #[test]
+    fn sse_events_are_split_and_their_data_joined() {
+        let mut buf = BytesMut::from(&b": keep-alive\n\ndata: {\"status\":\"IN_QUEUE\"}\r\n\r\ndata: a\ndata: b\n\ndata: partial"[..]);
+        let first = next_sse_event(&mut buf).unwrap();
+        assert_eq!(event_data(&first), None);
+        let second = next_sse_event(&mut buf).unwrap();
+        assert_eq!(event_data(&second).unwrap(), br#"{"status":"IN_QUEUE"}"#);
+        let third = next_sse_event(&mut buf).unwrap();
+        assert_eq!(event_data(&third).unwrap(), b"a\nb");
+        assert!(next_sse_event(&mut buf).is_none());
+        assert_eq!(&buf[..], b"data: partial");
     }
 
     #[test]

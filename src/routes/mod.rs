@@ -23,28 +23,67 @@ pub const API_PREFIXES: [&str; 2] = ["/v1", ""];
 
 /// Routes under the API prefixes.
 pub const API_ROUTES: &[RouteSpec] = &[
-    RouteSpec { method: "POST", path: "/images/generations", route: || web::post().to(generations::create) },
-    RouteSpec { method: "POST", path: "/images/edits", route: || web::post().to(unsupported::edits) },
-    RouteSpec { method: "POST", path: "/images/variations", route: || web::post().to(unsupported::variations) },
-    RouteSpec { method: "GET", path: "/images/files/{name}", route: || web::get().to(files::get) },
-    RouteSpec { method: "GET", path: "/models", route: || web::get().to(models::list) },
-    RouteSpec { method: "GET", path: "/models/{model}", route: || web::get().to(models::retrieve) },
+    RouteSpec {
+        method: "POST",
+        path: "/images/generations",
+        route: || web::post().to(generations::create),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/images/edits",
+        route: || web::post().to(unsupported::edits),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/images/variations",
+        route: || web::post().to(unsupported::variations),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/images/files/{name}",
+        route: || web::get().to(files::get),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/models",
+        route: || web::get().to(models::list),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/models/{model}",
+        route: || web::get().to(models::retrieve),
+    },
 ];
 
 /// Probes, at the root only.
 pub const PROBE_ROUTES: &[RouteSpec] = &[
-    RouteSpec { method: "GET", path: "/healthz", route: || web::get().to(health::live) },
-    RouteSpec { method: "GET", path: "/readyz", route: || web::get().to(health::ready) },
+    RouteSpec {
+        method: "GET",
+        path: "/healthz",
+        route: || web::get().to(health::live),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/readyz",
+        route: || web::get().to(health::ready),
+    },
 ];
 
-pub const METRICS_ROUTE: RouteSpec =
-    RouteSpec { method: "GET", path: "/metrics", route: || web::get().to(metrics::render) };
+pub const METRICS_ROUTE: RouteSpec = RouteSpec {
+    method: "GET",
+    path: "/metrics",
+    route: || web::get().to(metrics::render),
+};
 
 /// Every (method, full path) the API listener serves.
 pub fn served(serve_metrics: bool) -> Vec<(&'static str, String)> {
     let mut all: Vec<(&'static str, String)> = API_PREFIXES
         .iter()
-        .flat_map(|p| API_ROUTES.iter().map(move |r| (r.method, format!("{p}{}", r.path))))
+        .flat_map(|p| {
+            API_ROUTES
+                .iter()
+                .map(move |r| (r.method, format!("{p}{}", r.path)))
+        })
         .collect();
     all.extend(PROBE_ROUTES.iter().map(|r| (r.method, r.path.to_owned())));
     if serve_metrics {

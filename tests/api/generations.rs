@@ -1,7 +1,7 @@
 //! `POST /v1/images/generations` against the fake fal: the exact upstream
 //! requests and the exact OpenAI answers.
 
-use image_gateway::fake_fal::{FakeConfig, FaultAction, Fault, Op};
+use image_gateway::fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use image_gateway::settings::FalMode;
 use serde_json::json;
 
@@ -12,24 +12,38 @@ async fn a_b64_request_sends_imagens_exact_input_and_answers_openai_json() {
     let app = spawn_app().await;
 
     let res = app
-        .post_generation(json!({"model":"imagen-4-fast","prompt":"a lighthouse at dusk",
-                                "size":"1792x1024","n":2,"response_format":"b64_json"}))
+        .post_generation(
+            json!({"model":"imagen-4-fast","prompt":"a lighthouse at dusk",
+                                "size":"1792x1024","n":2,"response_format":"b64_json"}),
+        )
         .await;
     let (status, headers, body) = json(res).await;
 
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         app.fal.submitted_bodies(),
-        [json!({"prompt":"a lighthouse at dusk","aspect_ratio":"16:9","num_images":2,
-                "output_format":"png","sync_mode":true})]
+        [
+            json!({"prompt":"a lighthouse at dusk","aspect_ratio":"16:9","num_images":2,
+                "output_format":"png","sync_mode":true})
+        ]
     );
     let calls = app.fal.calls();
     assert_eq!(calls[0].path, "/fal-ai/imagen4/preview/fast");
     for call in &calls {
-        assert_eq!(call.authorization.as_deref(), Some(&*format!("Key {FAL_KEY}")), "{call:?}");
+        assert_eq!(
+            call.authorization.as_deref(),
+            Some(&*format!("Key {FAL_KEY}")),
+            "{call:?}"
+        );
     }
-    assert!(calls.iter().any(|c| c.op == Op::Status && c.path.starts_with("/fal-ai/imagen4/requests/") && c.path.ends_with("/status")));
-    assert!(calls.iter().any(|c| c.op == Op::Result && c.path.starts_with("/fal-ai/imagen4/requests/")));
+    assert!(calls.iter().any(|c| c.op == Op::Stream
+        && c.path.starts_with("/fal-ai/imagen4/requests/")
+        && c.path.ends_with("/status/stream")));
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.op == Op::Result && c.path.starts_with("/fal-ai/imagen4/requests/"))
+    );
     assert!(body["created"].as_i64().is_some_and(|c| c > 1_700_000_000));
     assert_eq!(body["output_format"], "png");
     assert_eq!(body["size"], "1408x768");
@@ -42,7 +56,12 @@ async fn a_b64_request_sends_imagens_exact_input_and_answers_openai_json() {
     }
     assert_eq!(headers["x-cache"], "MISS");
     assert_eq!(headers["x-image-gateway-backend"], "fal");
-    assert!(headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+    assert!(
+        headers["x-request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
     assert!(headers.contains_key("openai-processing-ms"));
 }
 
@@ -50,15 +69,24 @@ async fn a_b64_request_sends_imagens_exact_input_and_answers_openai_json() {
 async fn a_url_request_passes_fals_urls_through_without_sync_mode() {
     let app = spawn_app().await;
 
-    let (status, _, body) = json(app.post_generation(json!({"prompt":"x","size":"1024x1536"})).await).await;
+    let (status, _, body) = json(
+        app.post_generation(json!({"prompt":"x","size":"1024x1536"}))
+            .await,
+    )
+    .await;
 
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         app.fal.submitted_bodies(),
-        [json!({"prompt":"x","aspect_ratio":"3:4","num_images":1,"output_format":"png","sync_mode":false})]
+        [
+            json!({"prompt":"x","aspect_ratio":"3:4","num_images":1,"output_format":"png","sync_mode":false})
+        ]
     );
     let url = body["data"][0]["url"].as_str().unwrap();
-    assert_eq!(url, format!("{}/files/3x4-png-1-0-0.png", app.fal.queue_url()));
+    assert_eq!(
+        url,
+        format!("{}/files/3x4-png-1-0-0.png", app.fal.queue_url())
+    );
     assert_eq!(body["size"], "896x1280");
 }
 
@@ -67,8 +95,10 @@ async fn six_images_become_two_parallel_jobs_of_four_and_two() {
     let app = spawn_app().await;
 
     let (status, _, body) = json(
-        app.post_generation(json!({"prompt":"p","n":6,"response_format":"b64_json","output_format":"jpeg"}))
-            .await,
+        app.post_generation(
+            json!({"prompt":"p","n":6,"response_format":"b64_json","output_format":"jpeg"}),
+        )
+        .await,
     )
     .await;
 
@@ -132,35 +162,53 @@ async fn a_plain_url_in_a_b64_answer_is_downloaded_without_the_fal_key() {
     });
 
     let (status, _, body) = json(
-        app.post_generation(json!({"prompt":"d","response_format":"b64_json","output_format":"webp"}))
-            .await,
+        app.post_generation(
+            json!({"prompt":"d","response_format":"b64_json","output_format":"webp"}),
+        )
+        .await,
     )
     .await;
 
     assert_eq!(status, 200, "{body}");
     let (format, w, h) = decode_image(body["data"][0]["b64_json"].as_str().unwrap());
     assert_eq!((format, w, h), (image::ImageFormat::WebP, 1024, 1024));
-    let downloads: Vec<_> = app.fal.calls().into_iter().filter(|c| c.op == Op::File).collect();
+    let downloads: Vec<_> = app
+        .fal
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Op::File)
+        .collect();
     assert_eq!(downloads.len(), 1);
-    assert_eq!(downloads[0].authorization, None, "the key never goes with a download");
+    assert_eq!(
+        downloads[0].authorization, None,
+        "the key never goes with a download"
+    );
 }
 
 #[actix_web::test]
 async fn sync_mode_posts_once_to_the_run_host() {
     let app = spawn_app_with(|s| s.fal.mode = FalMode::Sync).await;
 
-    let (status, _, body) =
-        json(app.post_generation(json!({"prompt":"s","response_format":"b64_json"})).await).await;
+    let (status, _, body) = json(
+        app.post_generation(json!({"prompt":"s","response_format":"b64_json"}))
+            .await,
+    )
+    .await;
 
     assert_eq!(status, 200, "{body}");
     assert_eq!(app.fal.count(Op::Run), 1);
     assert_eq!(app.fal.count(Op::Submit), 0);
     let calls = app.fal.calls();
     assert_eq!(calls[0].path, "/run/fal-ai/imagen4/preview/fast");
-    assert_eq!(calls[0].authorization.as_deref(), Some(&*format!("Key {FAL_KEY}")));
+    assert_eq!(
+        calls[0].authorization.as_deref(),
+        Some(&*format!("Key {FAL_KEY}"))
+    );
     assert_eq!(
         calls[0].body,
-        Some(json!({"prompt":"s","aspect_ratio":"1:1","num_images":1,"output_format":"png","sync_mode":true}))
+        Some(
+            json!({"prompt":"s","aspect_ratio":"1:1","num_images":1,"output_format":"png","sync_mode":true})
+        )
     );
 }
 
@@ -201,10 +249,20 @@ async fn the_deadline_answers_504_and_cancels_the_fal_job() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(app.fal.cancelled_jobs(), 1);
-    let cancel = app.fal.calls().into_iter().find(|c| c.op == Op::Cancel).unwrap();
+    let cancel = app
+        .fal
+        .calls()
+        .into_iter()
+        .find(|c| c.op == Op::Cancel)
+        .unwrap();
     assert_eq!(cancel.method, "PUT");
-    assert!(cancel.path.starts_with("/fal-ai/imagen4/requests/") && cancel.path.ends_with("/cancel"));
-    assert_eq!(cancel.authorization.as_deref(), Some(&*format!("Key {FAL_KEY}")));
+    assert!(
+        cancel.path.starts_with("/fal-ai/imagen4/requests/") && cancel.path.ends_with("/cancel")
+    );
+    assert_eq!(
+        cancel.authorization.as_deref(),
+        Some(&*format!("Key {FAL_KEY}"))
+    );
 }
 
 #[actix_web::test]
@@ -219,30 +277,104 @@ async fn upstream_failures_become_the_documented_openai_errors() {
         times: 0,
         action: FaultAction::Respond {
             status,
-            headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             body: body.to_owned(),
         },
     };
     let cases = [
-        Case { fault: respond(Op::Submit, 401, vec![("x-fal-request-id", "a")], r#"{"detail":"bad key"}"#), status: 502, code: "upstream_error" },
-        Case { fault: respond(Op::Submit, 403, vec![("x-fal-request-id", "a")], "{}"), status: 502, code: "upstream_error" },
-        Case { fault: respond(Op::Result, 422, vec![("x-fal-request-id", "a")], r#"{"detail":[{"loc":["body","prompt"],"msg":"The prompt was flagged","type":"content_policy_violation"}]}"#), status: 400, code: "content_policy_violation" },
-        Case { fault: respond(Op::Submit, 500, vec![("x-fal-request-id", "a")], "Traceback: secret"), status: 502, code: "upstream_error" },
         Case {
-            fault: Fault { op: Op::Status, times: 1, action: FaultAction::CompletedWithError { error: "boom".into(), error_type: "runner_disconnected".into() } },
+            fault: respond(
+                Op::Submit,
+                401,
+                vec![("x-fal-request-id", "a")],
+                r#"{"detail":"bad key"}"#,
+            ),
             status: 502,
             code: "upstream_error",
         },
-        Case { fault: Fault { op: Op::Status, times: 1, action: FaultAction::UnknownStatus }, status: 502, code: "upstream_error" },
-        Case { fault: Fault { op: Op::Result, times: 1, action: FaultAction::NoImages }, status: 502, code: "upstream_error" },
+        Case {
+            fault: respond(Op::Submit, 403, vec![("x-fal-request-id", "a")], "{}"),
+            status: 502,
+            code: "upstream_error",
+        },
+        Case {
+            fault: respond(
+                Op::Result,
+                422,
+                vec![("x-fal-request-id", "a")],
+                r#"{"detail":[{"loc":["body","prompt"],"msg":"The prompt was flagged","type":"content_policy_violation"}]}"#,
+            ),
+            status: 400,
+            code: "content_policy_violation",
+        },
+        Case {
+            fault: respond(
+                Op::Submit,
+                500,
+                vec![("x-fal-request-id", "a")],
+                "Traceback: secret",
+            ),
+            status: 502,
+            code: "upstream_error",
+        },
+        Case {
+            fault: Fault {
+                op: Op::Status,
+                times: 1,
+                action: FaultAction::CompletedWithError {
+                    error: "boom".into(),
+                    error_type: "runner_disconnected".into(),
+                },
+            },
+            status: 502,
+            code: "upstream_error",
+        },
+        Case {
+            fault: Fault {
+                op: Op::Status,
+                times: 1,
+                action: FaultAction::UnknownStatus,
+            },
+            status: 502,
+            code: "upstream_error",
+        },
+        Case {
+            fault: Fault {
+                op: Op::Result,
+                times: 1,
+                action: FaultAction::NoImages,
+            },
+            status: 502,
+            code: "upstream_error",
+        },
     ];
+    // Status faults are checked on both ways of watching a job: fal's
+    // status event stream (the default) and polling.
     for (i, case) in cases.into_iter().enumerate() {
-        let app = spawn_app().await;
-        app.fal.inject(case.fault.clone());
-        let err = expect_error(app.post_generation(json!({"prompt": format!("case {i}")})).await, case.status).await;
-        assert_eq!(err["code"], case.code, "case {i}: {:?} -> {err}", case.fault);
-        let text = err.to_string();
-        assert!(!text.contains("secret") && !text.contains(FAL_KEY), "case {i}: {text}");
+        for stream in [true, false] {
+            let app = spawn_app_with(|s| s.fal.status_stream = stream).await;
+            let mut fault = case.fault.clone();
+            if stream && fault.op == Op::Status {
+                fault.op = Op::Stream;
+            }
+            app.fal.inject(fault.clone());
+            let res = app
+                .post_generation(json!({"prompt": format!("case {i}")}))
+                .await;
+            let err = expect_error(res, case.status).await;
+            assert_eq!(
+                err["code"], case.code,
+                "case {i} (stream {stream}): {fault:?} -> {err}"
+            );
+            let text = err.to_string();
+            assert!(
+                !text.contains("secret") && !text.contains(FAL_KEY),
+                "case {i}: {text}"
+            );
+        }
     }
 }
 
@@ -264,5 +396,76 @@ async fn ingress_errors_are_retried_and_the_retries_counted() {
     assert_eq!(res.status(), 200);
     assert_eq!(app.fal.count(Op::Submit), 3);
     let metrics = app.metrics().await;
-    assert_eq!(series(&metrics, "image_gateway_upstream_retries_total", &[("operation", "submit")]), Some(2.0));
+    assert_eq!(
+        series(
+            &metrics,
+            "image_gateway_upstream_retries_total",
+            &[("operation", "submit")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[actix_web::test]
+async fn a_refused_or_broken_status_stream_falls_back_to_polling() {
+    for action in [
+        FaultAction::Respond {
+            status: 405,
+            headers: vec![],
+            body: String::new(),
+        },
+        FaultAction::Respond {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body: ": only a comment\n\n".into(),
+        },
+    ] {
+        let app = spawn_app_with_fake(
+            FakeConfig {
+                queue_ms: 30,
+                ..FakeConfig::default()
+            },
+            |_| {},
+        )
+        .await;
+        app.fal.inject(Fault {
+            op: Op::Stream,
+            times: 0,
+            action,
+        });
+
+        let res = app.post_generation(json!({"prompt":"fallback"})).await;
+
+        assert_eq!(res.status(), 200);
+        assert_eq!(app.fal.count(Op::Stream), 1);
+        assert!(
+            app.fal.count(Op::Status) >= 1,
+            "polled after the stream failed"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn with_the_status_stream_off_the_gateway_polls_until_completed() {
+    let app = spawn_app_with_fake(
+        FakeConfig {
+            queue_ms: 40,
+            run_ms: 40,
+            ..FakeConfig::default()
+        },
+        |s| {
+            s.fal.status_stream = false;
+        },
+    )
+    .await;
+
+    let res = app.post_generation(json!({"prompt":"poll"})).await;
+
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.fal.count(Op::Stream), 0);
+    assert!(
+        app.fal.count(Op::Status) >= 2,
+        "polled while queued and running"
+    );
+    assert_eq!(app.fal.count(Op::Result), 1);
 }

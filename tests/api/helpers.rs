@@ -102,7 +102,11 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request is sent")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request is sent")
     }
 
     /// The `/metrics` text (from the admin listener when there is one).
@@ -133,11 +137,20 @@ pub async fn json(res: reqwest::Response) -> (u16, reqwest::header::HeaderMap, V
 pub async fn expect_error(res: reqwest::Response, status: u16) -> Value {
     let (got, headers, body) = json(res).await;
     assert_eq!(got, status, "unexpected status; body: {body}");
-    assert!(headers.contains_key("x-request-id"), "errors carry x-request-id");
+    assert!(
+        headers.contains_key("x-request-id"),
+        "errors carry x-request-id"
+    );
     let err = body["error"].clone();
-    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(err["type"].is_string(), "{body}");
-    assert!(err.get("param").is_some() && err.get("code").is_some(), "{body}");
+    assert!(
+        err.get("param").is_some() && err.get("code").is_some(),
+        "{body}"
+    );
     err
 }
 

@@ -30,8 +30,23 @@ async fn models_list_every_id_and_alias_in_openai_shape() {
 
     assert_eq!(status, 200);
     assert_eq!(body["object"], "list");
-    let ids: Vec<&str> = body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    for id in ["imagen-4-fast", "imagen-4", "imagen-4-ultra", "dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2"] {
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "imagen-4-fast",
+        "imagen-4",
+        "imagen-4-ultra",
+        "dall-e-2",
+        "dall-e-3",
+        "gpt-image-1",
+        "gpt-image-1-mini",
+        "gpt-image-1.5",
+        "gpt-image-2",
+    ] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
     for m in body["data"].as_array().unwrap() {
@@ -52,7 +67,12 @@ async fn models_list_every_id_and_alias_in_openai_shape() {
 #[actix_web::test]
 async fn unknown_models_in_a_generation_are_404_model_not_found() {
     let app = spawn_app().await;
-    let err = expect_error(app.post_generation(json!({"prompt":"x","model":"midjourney"})).await, 404).await;
+    let err = expect_error(
+        app.post_generation(json!({"prompt":"x","model":"midjourney"}))
+            .await,
+        404,
+    )
+    .await;
     assert_eq!(err["code"], "model_not_found");
     assert_eq!(err["param"], "model");
     assert_eq!(app.fal.count(image_gateway::fake_fal::Op::Submit), 0);
@@ -72,7 +92,12 @@ async fn edits_and_variations_say_clearly_that_imagen_cannot_edit() {
             .unwrap();
         let err = expect_error(res, 400).await;
         assert_eq!(err["code"], "unsupported_operation", "{path}");
-        assert!(err["message"].as_str().unwrap().contains("/v1/images/generations"));
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("/v1/images/generations")
+        );
     }
 }
 
@@ -133,7 +158,11 @@ async fn without_a_fal_key_the_local_backend_serves_real_images_at_imagen_sizes(
     )
     .await;
     assert_eq!(again["data"][0]["b64_json"], body["data"][0]["b64_json"]);
-    assert_eq!(app.fal.count(image_gateway::fake_fal::Op::Submit), 0, "fal is never called");
+    assert_eq!(
+        app.fal.count(image_gateway::fake_fal::Op::Submit),
+        0,
+        "fal is never called"
+    );
 }
 
 #[actix_web::test]
@@ -145,12 +174,16 @@ async fn local_url_answers_link_to_files_the_gateway_serves() {
     .await;
 
     let (status, _, body) = json(
-        app.post_generation(json!({"prompt":"files","output_format":"jpeg","size":"1024x1792"})).await,
+        app.post_generation(json!({"prompt":"files","output_format":"jpeg","size":"1024x1792"}))
+            .await,
     )
     .await;
     assert_eq!(status, 200, "{body}");
     let url = body["data"][0]["url"].as_str().unwrap();
-    assert!(url.starts_with(&format!("{}/v1/images/files/", app.address)), "{url}");
+    assert!(
+        url.starts_with(&format!("{}/v1/images/files/", app.address)),
+        "{url}"
+    );
     let res = app.client.get(url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "image/jpeg");
@@ -158,7 +191,12 @@ async fn local_url_answers_link_to_files_the_gateway_serves() {
     let img = image::load_from_memory(&bytes).unwrap();
     assert_eq!((img.width(), img.height()), (768, 1408));
 
-    let err = expect_error(app.get("/v1/images/files/00000000000000000000000000000000.png").await, 404).await;
+    let err = expect_error(
+        app.get("/v1/images/files/00000000000000000000000000000000.png")
+            .await,
+        404,
+    )
+    .await;
     assert!(err["message"].as_str().unwrap().contains("expired"));
 }
 
@@ -172,7 +210,10 @@ async fn public_base_url_is_used_for_file_links() {
     .await;
     let (_, _, body) = json(app.post_generation(json!({"prompt":"public"})).await).await;
     let url = body["data"][0]["url"].as_str().unwrap();
-    assert!(url.starts_with("https://images.example.com/v1/images/files/"), "{url}");
+    assert!(
+        url.starts_with("https://images.example.com/v1/images/files/"),
+        "{url}"
+    );
 }
 
 #[actix_web::test]
@@ -183,14 +224,21 @@ async fn with_keys_configured_only_probes_and_file_links_are_open() {
     assert_eq!(err["type"], "authentication_error");
     assert_eq!(err["code"], "invalid_api_key");
     let err = expect_error(
-        app.post_generation_with(json!({"prompt":"x"}), &[("authorization", "Bearer sk-bad")]).await,
+        app.post_generation_with(json!({"prompt":"x"}), &[("authorization", "Bearer sk-bad")])
+            .await,
         401,
     )
     .await;
-    assert!(!err.to_string().contains("sk-bad"), "the key is never echoed");
+    assert!(
+        !err.to_string().contains("sk-bad"),
+        "the key is never echoed"
+    );
 
     let ok = app
-        .post_generation_with(json!({"prompt":"x"}), &[("authorization", "Bearer sk-good")])
+        .post_generation_with(
+            json!({"prompt":"x"}),
+            &[("authorization", "Bearer sk-good")],
+        )
         .await;
     assert_eq!(ok.status(), 200);
 
