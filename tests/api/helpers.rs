@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub const FAL_KEY: &str = "fal-test-key-0123456789";
 
+#[allow(dead_code)] // not every module uses every field
 pub struct TestApp {
     pub address: String,
     pub admin_address: Option<String>,

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The one integration test binary (one link on a 2-core machine). Each
 //! module spawns the real application on port 0 against a fake fal server.
 
