@@ -70,6 +70,9 @@ pub enum ApiError {
     /// The request deadline passed; the fal job was cancelled.
     #[error("the image was not generated within {seconds} s")]
     UpstreamTimeout { seconds: u64 },
+    /// The client closed the connection before the answer (nginx's 499).
+    #[error("the client closed the connection")]
+    ClientClosedRequest,
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -118,7 +121,8 @@ impl ApiError {
             | ApiError::ModelNotFound { .. }
             | ApiError::NotFound { .. }
             | ApiError::Unsupported { .. }
-            | ApiError::ContentPolicy { .. } => "invalid_request_error",
+            | ApiError::ContentPolicy { .. }
+            | ApiError::ClientClosedRequest => "invalid_request_error",
             ApiError::Unauthorized { .. } => "authentication_error",
             ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
@@ -147,6 +151,7 @@ impl ApiError {
             | ApiError::UpstreamRateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::UpstreamAuth | ApiError::Upstream { .. } => Some("upstream_error"),
             ApiError::UpstreamTimeout { .. } => Some("upstream_timeout"),
+            ApiError::ClientClosedRequest => Some("client_closed_request"),
             ApiError::ShuttingDown => Some("server_shutting_down"),
             ApiError::Internal => Some("internal_error"),
         }
@@ -262,6 +267,9 @@ impl ResponseError for ApiError {
             | ApiError::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamAuth | ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::ClientClosedRequest => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

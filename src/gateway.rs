@@ -208,10 +208,24 @@ impl Gateway {
         let gw = self.clone();
         self.tasks.spawn_on(
             async move {
-                let result = gw.produce(&plan, &flight.token).await.map(Arc::new);
-                if let (Ok(generation), Some(cache), Some(key)) = (&result, &gw.cache, store_key) {
-                    cache.insert(key, generation.clone()).await;
-                }
+                // An identical flight may have finished between this
+                // request's cache miss and its registering as a leader.
+                let cached = match (&gw.cache, shared_key) {
+                    (Some(cache), Some(key)) => cache.get(&key).await,
+                    _ => None,
+                };
+                let result = match cached {
+                    Some(generation) => Ok(generation),
+                    None => {
+                        let result = gw.produce(&plan, &flight.token).await.map(Arc::new);
+                        if let (Ok(generation), Some(cache), Some(key)) =
+                            (&result, &gw.cache, store_key)
+                        {
+                            cache.insert(key, generation.clone()).await;
+                        }
+                        result
+                    }
+                };
                 flight.finish(result);
                 if let Some(key) = shared_key {
                     gw.flights.remove(&key, &flight);

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod backend;
 pub mod cache;
+pub mod disconnect;
 pub mod error;
 pub mod fake_fal;
 pub mod files;

@@ -197,6 +197,7 @@ impl Application {
                 .configure(|cfg| routes::configure(cfg, serve_metrics))
                 .default_service(web::to(routes::unsupported::not_found))
         })
+        .on_connect(crate::disconnect::on_connect)
         .workers(workers)
         .keep_alive(Duration::from_secs(settings.server.keep_alive_seconds))
         .client_request_timeout(Duration::from_millis(

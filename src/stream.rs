@@ -29,6 +29,7 @@ pub async fn respond(
     plan: GenerationPlan,
     tenant: Option<[u8; 32]>,
     directives: CacheDirectives,
+    client_gone: impl Future<Output = ()> + Send + 'static,
 ) -> Result<HttpResponse, ApiError> {
     state.metrics.stream_requests.inc();
     let (pending, status) = state
@@ -66,6 +67,7 @@ pub async fn respond(
         timer: Box::pin(tokio::time::sleep(keepalive)),
         keepalive,
         plan,
+        gone: Box::pin(client_gone),
     };
     Ok(res.streaming(futures_util::stream::unfold(body, EventStream::next)))
 }
@@ -76,6 +78,9 @@ struct EventStream {
     timer: Pin<Box<tokio::time::Sleep>>,
     keepalive: Duration,
     plan: GenerationPlan,
+    /// Resolves when the client hangs up: the stream ends and its waiter
+    /// leaves the flight.
+    gone: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl EventStream {
@@ -98,6 +103,7 @@ impl EventStream {
                         }
                     }
                 }
+                () = &mut self.gone => return None,
                 _ = &mut self.timer => {
                     self.timer.as_mut().reset(tokio::time::Instant::now() + self.keepalive);
                     return Some((Ok(Bytes::from_static(KEEP_ALIVE)), self));

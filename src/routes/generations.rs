@@ -50,13 +50,16 @@ pub async fn create(
     if plan.stream {
         // Streamed images always travel as base64, as OpenAI's do.
         plan.response_format = ResponseFormat::B64Json;
-        return crate::stream::respond(state.into_inner(), plan, tenant, directives).await;
+        let client_gone = crate::disconnect::closed(&req);
+        return crate::stream::respond(state.into_inner(), plan, tenant, directives, client_gone)
+            .await;
     }
 
-    let served = state
-        .gateway
-        .generate(&plan, tenant.as_ref().map(|t| &t[..]), directives)
-        .await?;
+    let client_gone = crate::disconnect::closed(&req);
+    let served = tokio::select! {
+        served = state.gateway.generate(&plan, tenant.as_ref().map(|t| &t[..]), directives) => served?,
+        () = client_gone => return Err(ApiError::ClientClosedRequest),
+    };
     let mut res = HttpResponse::Ok();
     common_headers(&mut res, &plan, &served);
     let (len, chunks) = json_chunks(&served.generation, &base_url);

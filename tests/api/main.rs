@@ -4,5 +4,7 @@
 
 mod helpers;
 
+mod cache;
 mod generations;
+mod metrics;
 mod routes;
