@@ -22,6 +22,26 @@ pub struct RateLimitHeaders {
     pub reset_seconds: f64,
 }
 
+impl RateLimitHeaders {
+    /// `x-ratelimit-limit-*`, `x-ratelimit-remaining-*`, `x-ratelimit-reset-*`.
+    pub fn pairs(&self) -> [(String, String); 3] {
+        [
+            (
+                format!("x-ratelimit-limit-{}", self.kind),
+                self.limit.to_string(),
+            ),
+            (
+                format!("x-ratelimit-remaining-{}", self.kind),
+                self.remaining.to_string(),
+            ),
+            (
+                format!("x-ratelimit-reset-{}", self.kind),
+                go_duration(self.reset_seconds),
+            ),
+        ]
+    }
+}
+
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
     /// A field has a bad value or type.
@@ -291,18 +311,9 @@ impl ResponseError for ApiError {
             ));
         }
         if let ApiError::RateLimited { limit, .. } = self {
-            res.insert_header((
-                format!("x-ratelimit-limit-{}", limit.kind),
-                limit.limit.to_string(),
-            ));
-            res.insert_header((
-                format!("x-ratelimit-remaining-{}", limit.kind),
-                limit.remaining.to_string(),
-            ));
-            res.insert_header((
-                format!("x-ratelimit-reset-{}", limit.kind),
-                go_duration(limit.reset_seconds),
-            ));
+            for (name, value) in limit.pairs() {
+                res.insert_header((name, value));
+            }
         }
         res.body(self.body_json())
     }

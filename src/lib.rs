@@ -11,6 +11,7 @@ pub mod error;
 pub mod fake_fal;
 pub mod files;
 pub mod gateway;
+pub mod limits;
 pub mod mapping;
 pub mod metrics;
 pub mod middleware;

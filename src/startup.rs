@@ -167,6 +167,10 @@ impl Application {
             gateway: gateway.clone(),
             catalog,
             auth,
+            limits: crate::limits::KeyLimits::new(
+                settings.limits.requests_per_minute,
+                settings.limits.images_per_minute,
+            ),
             metrics,
             metrics_public: settings.metrics.public,
             backend: kind,

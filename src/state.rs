@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Auth;
 use crate::gateway::Gateway;
+use crate::limits::KeyLimits;
 use crate::mapping::{ModelCatalog, PlanLimits};
 use crate::metrics::Metrics;
 use crate::settings::{BackendKind, CacheScope, FalMode};
@@ -14,6 +15,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub catalog: ModelCatalog,
     pub auth: Auth,
+    /// Per-key rate limits (may be disabled).
+    pub limits: KeyLimits,
     pub metrics: Arc<Metrics>,
     /// `/metrics` needs no key.
     pub metrics_public: bool,

@@ -37,6 +37,14 @@ pub async fn create(
         state.plan_limits,
     )?;
     let client = req.extensions().get::<ClientId>().copied();
+    let limit_headers = if state.limits.is_enabled() {
+        let key = client.map_or_else(|| peer_key(&req), |c| c.0);
+        state
+            .limits
+            .check(&key, u32::from(plan.n), &state.metrics)?
+    } else {
+        Vec::new()
+    };
     let tenant = match state.cache_scope {
         CacheScope::PerKey => client.map(|c| c.0),
         CacheScope::Global => None,
@@ -51,8 +59,11 @@ pub async fn create(
         // Streamed images always travel as base64, as OpenAI's do.
         plan.response_format = ResponseFormat::B64Json;
         let client_gone = crate::disconnect::closed(&req);
-        return crate::stream::respond(state.into_inner(), plan, tenant, directives, client_gone)
-            .await;
+        let mut res =
+            crate::stream::respond(state.into_inner(), plan, tenant, directives, client_gone)
+                .await?;
+        add_limit_headers(res.headers_mut(), &limit_headers);
+        return Ok(res);
     }
 
     let client_gone = crate::disconnect::closed(&req);
@@ -64,12 +75,15 @@ pub async fn create(
     common_headers(&mut res, &plan, &served);
     let (len, chunks) = json_chunks(&served.generation, &base_url);
     res.insert_header((header::CONTENT_TYPE, "application/json"));
-    if chunks.len() == 1 {
+    let mut res = if chunks.len() == 1 {
         let mut chunks = chunks;
-        return Ok(res.body(chunks.pop().unwrap_or_default()));
-    }
-    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>));
-    Ok(res.body(SizedStream::new(len, stream)))
+        res.body(chunks.pop().unwrap_or_default())
+    } else {
+        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>));
+        res.body(SizedStream::new(len, stream))
+    };
+    add_limit_headers(res.headers_mut(), &limit_headers);
+    Ok(res)
 }
 
 /// Headers every generation answer carries (JSON or stream).
@@ -96,6 +110,29 @@ pub fn common_headers(res: &mut HttpResponseBuilder, plan: &GenerationPlan, serv
             res.insert_header(("x-image-gateway-ignored-fields", v));
         }
     }
+}
+
+fn add_limit_headers(headers: &mut header::HeaderMap, limits: &[crate::error::RateLimitHeaders]) {
+    for h in limits {
+        for (name, value) in h.pairs() {
+            if let (Ok(n), Ok(v)) = (
+                header::HeaderName::try_from(name),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+    }
+}
+
+/// Without client keys, rate limits apply per caller address.
+fn peer_key(req: &HttpRequest) -> [u8; 32] {
+    use sha2::Digest;
+    let ip = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    sha2::Sha256::digest(ip.as_bytes()).into()
 }
 
 fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {

@@ -129,15 +129,24 @@ pub async fn json(res: reqwest::Response) -> (u16, reqwest::header::HeaderMap, V
     let status = res.status().as_u16();
     let headers = res.headers().clone();
     let bytes = res.bytes().await.expect("body");
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            short(&String::from_utf8_lossy(&bytes))
+        )
+    });
     (status, headers, body)
 }
 
 /// Assert an OpenAI-shaped error and return its `error` object.
 pub async fn expect_error(res: reqwest::Response, status: u16) -> Value {
     let (got, headers, body) = json(res).await;
-    assert_eq!(got, status, "unexpected status; body: {body}");
+    assert_eq!(
+        got,
+        status,
+        "unexpected status; body: {}",
+        short(&body.to_string())
+    );
     assert!(
         headers.contains_key("x-request-id"),
         "errors carry x-request-id"
@@ -191,4 +200,17 @@ pub fn decode_image(b64: &str) -> (image::ImageFormat, u32, u32) {
     let format = image::guess_format(&bytes).expect("a known image format");
     let img = image::load_from_memory(&bytes).expect("decodable image");
     (format, img.width(), img.height())
+}
+
+/// A body cut short for assertion messages (images are megabytes).
+pub fn short(text: &str) -> String {
+    if text.len() <= 400 {
+        text.to_owned()
+    } else {
+        format!(
+            "{}... ({} bytes)",
+            &text[..text.floor_char_boundary(400)],
+            text.len()
+        )
+    }
 }

@@ -7,4 +7,5 @@ mod helpers;
 mod cache;
 mod generations;
 mod metrics;
+mod resilience;
 mod routes;
