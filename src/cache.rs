@@ -107,10 +107,10 @@ impl Drop for Waiter {
             self.flights.metrics.client_disconnects.inc();
             if left == 0 {
                 self.flight.token.cancel();
-                if let Some(key) = self.key {
-                    if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
-                        map.remove(&key);
-                    }
+                if let Some(key) = self.key
+                    && map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+                {
+                    map.remove(&key);
                 }
             }
         }
@@ -162,11 +162,11 @@ impl Flights {
             return (Joined::Leader(waiter(&flight)), flight);
         };
         let mut map = self.lock();
-        if let Some(existing) = map.get(&k) {
-            if !existing.token.is_cancelled() {
-                let flight = existing.clone();
-                return (Joined::Follower(waiter(&flight)), flight);
-            }
+        if let Some(existing) = map.get(&k)
+            && !existing.token.is_cancelled()
+        {
+            let flight = existing.clone();
+            return (Joined::Follower(waiter(&flight)), flight);
         }
         let flight = make();
         map.insert(k, flight.clone());

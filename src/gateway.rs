@@ -161,13 +161,12 @@ impl Gateway {
         }
         let cache = self.cache.as_ref();
         let key = cache.map(|_| plan.cache_key(tenant));
-        if let (Some(cache), Some(key)) = (cache, key) {
-            if !directives.no_cache {
-                if let Some(generation) = cache.get(&key).await {
-                    self.count_lookup(CacheStatus::Hit);
-                    return Ok((Pending::Ready(generation), CacheStatus::Hit));
-                }
-            }
+        if let (Some(cache), Some(key)) = (cache, key)
+            && !directives.no_cache
+            && let Some(generation) = cache.get(&key).await
+        {
+            self.count_lookup(CacheStatus::Hit);
+            return Ok((Pending::Ready(generation), CacheStatus::Hit));
         }
         // `no-cache` never joins others: it asked for a fresh generation.
         let shared_key = key.filter(|_| !directives.no_cache);

@@ -420,13 +420,13 @@ pub fn plan(
         None => ResponseFormat::Url,
     };
     let output_format = OutputFormat::parse(req.output_format.as_deref())?;
-    if let Some(c) = req.output_compression {
-        if !(0..=100).contains(&c) {
-            return Err(ApiError::invalid(
-                format!("Invalid output_compression {c}. It must be between 0 and 100."),
-                "output_compression",
-            ));
-        }
+    if let Some(c) = req.output_compression
+        && !(0..=100).contains(&c)
+    {
+        return Err(ApiError::invalid(
+            format!("Invalid output_compression {c}. It must be between 0 and 100."),
+            "output_compression",
+        ));
     }
     let quality = one_of(
         req.quality.as_deref(),

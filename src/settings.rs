@@ -573,16 +573,16 @@ impl Settings {
         }
         self.validate_models()?;
         for (i, key) in self.auth.api_keys.iter().enumerate() {
-            if let Some(hash) = key.expose().strip_prefix("sha256:") {
-                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(ConfigError::new(
-                        "auth.api_keys",
-                        format!(
-                            "entry {} starts with `sha256:` but is not followed by 64 hex digits",
-                            i + 1
-                        ),
-                    ));
-                }
+            if let Some(hash) = key.expose().strip_prefix("sha256:")
+                && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(ConfigError::new(
+                    "auth.api_keys",
+                    format!(
+                        "entry {} starts with `sha256:` but is not followed by 64 hex digits",
+                        i + 1
+                    ),
+                ));
             }
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {

@@ -333,10 +333,11 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64((ms / 1000.0).min(3600.0)));
-        }
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64((ms / 1000.0).min(3600.0)));
     }
     get("retry-after")
         .and_then(|v| v.parse::<f64>().ok())
@@ -988,7 +989,7 @@ pub fn normalize_base64(b: Bytes) -> Option<Bytes> {
     let is_std = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
     let trimmed = b.iter().rposition(|c| *c != b'=').map_or(0, |i| i + 1);
     let pad = b.len() - trimmed;
-    if !b.is_empty() && b.len() % 4 == 0 && pad <= 2 && b[..trimmed].iter().all(is_std) {
+    if !b.is_empty() && b.len().is_multiple_of(4) && pad <= 2 && b[..trimmed].iter().all(is_std) {
         return Some(b);
     }
     let engines = [

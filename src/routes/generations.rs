@@ -105,10 +105,10 @@ pub fn common_headers(res: &mut HttpResponseBuilder, plan: &GenerationPlan, serv
         served.generation.backend.as_str(),
     ));
     res.insert_header(("x-image-gateway-model", plan.model.id.as_str()));
-    if !plan.ignored_fields.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&plan.ignored_fields.join(",")) {
-            res.insert_header(("x-image-gateway-ignored-fields", v));
-        }
+    if !plan.ignored_fields.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&plan.ignored_fields.join(","))
+    {
+        res.insert_header(("x-image-gateway-ignored-fields", v));
     }
 }
 
