@@ -536,10 +536,14 @@ impl Settings {
             "server.request_timeout_seconds",
             self.server.request_timeout_seconds,
         )?;
-        positive(
-            "server.client_header_timeout_ms",
-            self.server.client_header_timeout_ms,
-        )?;
+        // actix measures this against a clock refreshed every 500 ms, so
+        // shorter values can expire before a prompt client finishes.
+        if self.server.client_header_timeout_ms < 1000 {
+            return Err(ConfigError::new(
+                "server.client_header_timeout_ms",
+                "must be at least 1000",
+            ));
+        }
         positive(
             "server.client_body_timeout_ms",
             self.server.client_body_timeout_ms,

@@ -6,6 +6,8 @@ mod helpers;
 
 mod cache;
 mod generations;
+mod hostile;
 mod metrics;
+mod properties;
 mod resilience;
 mod routes;
