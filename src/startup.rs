@@ -37,6 +37,9 @@ pub enum StartupError {
     Setup(String),
 }
 
+/// Time after the grace period for cancelled requests to be answered.
+const SHUTDOWN_MARGIN_SECONDS: u64 = 3;
+
 /// Owns the runtime flights and upstream calls run on. Shut down in the
 /// background on drop, so dropping it inside async code (tests) is safe.
 struct UpstreamRuntime(Option<tokio::runtime::Runtime>);
@@ -208,7 +211,9 @@ impl Application {
             settings.server.client_header_timeout_ms,
         ))
         .client_disconnect_timeout(Duration::from_secs(1))
-        .shutdown_timeout(grace.as_secs())
+        // actix's own hard stop comes a little after our grace period, which
+        // cancels the remaining generations first (see run_until_stopped).
+        .shutdown_timeout(grace.as_secs() + SHUTDOWN_MARGIN_SECONDS)
         .disable_signals()
         .listen(listener)
         .map_err(|source| StartupError::Bind {
@@ -300,8 +305,22 @@ impl Application {
                     }
                     handle.stop(true).await;
                 };
-                let ((), result) = tokio::join!(stop, &mut servers);
-                result
+                let stopping = async { tokio::join!(stop, &mut servers).1 };
+                tokio::pin!(stopping);
+                tokio::select! {
+                    r = &mut stopping => r,
+                    _ = tokio::time::sleep(self.grace) => {
+                        // Grace is over: cancel what is still generating, so
+                        // its clients get a retryable 503 rather than a reset,
+                        // and fal stops working on it.
+                        tracing::warn!(
+                            in_flight = self.gateway.flights.len(),
+                            "grace period over: cancelling the remaining generations"
+                        );
+                        self.gateway.shutdown.cancel();
+                        stopping.await
+                    }
+                }
             }
         };
         self.gateway.shutdown(Duration::from_secs(10)).await;

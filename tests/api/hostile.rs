@@ -12,7 +12,10 @@ use serde_json::json;
 use crate::helpers::*;
 
 async fn post_raw(app: &TestApp, content_type: Option<&str>, body: Vec<u8>) -> reqwest::Response {
-    let mut req = app.client.post(app.url("/v1/images/generations")).body(body);
+    let mut req = app
+        .client
+        .post(app.url("/v1/images/generations"))
+        .body(body);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
@@ -23,7 +26,11 @@ async fn post_raw(app: &TestApp, content_type: Option<&str>, body: Vec<u8>) -> r
 async fn malformed_bodies_are_400s_without_a_crash() {
     let app = spawn_app().await;
     let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
-    let deep_object = format!("{{\"prompt\":\"x\",\"extra\":{}{}}}", "{\"a\":".repeat(5_000), format!("1{}", "}".repeat(5_000)));
+    let deep_object = format!(
+        "{{\"prompt\":\"x\",\"extra\":{}{}}}",
+        "{\"a\":".repeat(5_000),
+        format!("1{}", "}".repeat(5_000))
+    );
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
         ("whitespace", b"  \n ".to_vec()),
@@ -32,7 +39,10 @@ async fn malformed_bodies_are_400s_without_a_crash() {
         ("array", br#"["prompt"]"#.to_vec()),
         ("string", br#""a lighthouse""#.to_vec()),
         ("null", b"null".to_vec()),
-        ("invalid utf-8", vec![b'{', b'"', b'p', 0xff, 0xfe, b'"', b':', b'1', b'}']),
+        (
+            "invalid utf-8",
+            vec![b'{', b'"', b'p', 0xff, 0xfe, b'"', b':', b'1', b'}'],
+        ),
         ("binary", (0u8..=255).collect()),
         ("deep array", deep.into_bytes()),
         ("deep object", deep_object.into_bytes()),
@@ -69,12 +79,21 @@ async fn bad_fields_are_400s_naming_the_param() {
         (json!({"prompt":"x","size":"NaNxNaN"}), "size"),
         (json!({"prompt":"x","size":"1024x1024; DROP TABLE"}), "size"),
         (json!({"prompt":"x","size":12}), "size"),
-        (json!({"prompt":"x","response_format":"png"}), "response_format"),
+        (
+            json!({"prompt":"x","response_format":"png"}),
+            "response_format",
+        ),
         (json!({"prompt":"x","output_format":"gif"}), "output_format"),
-        (json!({"prompt":"x","output_compression":-1}), "output_compression"),
+        (
+            json!({"prompt":"x","output_compression":-1}),
+            "output_compression",
+        ),
         (json!({"prompt":"x","quality":"ultra"}), "quality"),
         (json!({"prompt":"x","style":{"a":1}}), "style"),
-        (json!({"prompt":"x","background":"transparent"}), "background"),
+        (
+            json!({"prompt":"x","background":"transparent"}),
+            "background",
+        ),
         (json!({"prompt":"x","moderation":"off"}), "moderation"),
         (json!({"prompt":"x","stream":"true"}), "stream"),
         (json!({"prompt":"x","partial_images":9}), "partial_images"),
@@ -92,13 +111,42 @@ async fn bad_fields_are_400s_naming_the_param() {
 #[actix_web::test]
 async fn wrong_content_types_are_refused_clearly() {
     let app = spawn_app().await;
-    for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"] {
-        let err = expect_error(post_raw(&app, Some(ct), br#"{"prompt":"x"}"#.to_vec()).await, 400).await;
-        assert!(err["message"].as_str().unwrap().contains("application/json"), "{ct}");
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+    ] {
+        let err = expect_error(
+            post_raw(&app, Some(ct), br#"{"prompt":"x"}"#.to_vec()).await,
+            400,
+        )
+        .await;
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("application/json"),
+            "{ct}"
+        );
     }
     // A missing content type, or a JSON one with parameters, is read as JSON.
-    assert_eq!(post_raw(&app, None, br#"{"prompt":"x"}"#.to_vec()).await.status(), 200);
-    assert_eq!(post_raw(&app, Some("application/json; charset=utf-8"), br#"{"prompt":"x"}"#.to_vec()).await.status(), 200);
+    assert_eq!(
+        post_raw(&app, None, br#"{"prompt":"x"}"#.to_vec())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post_raw(
+            &app,
+            Some("application/json; charset=utf-8"),
+            br#"{"prompt":"x"}"#.to_vec()
+        )
+        .await
+        .status(),
+        200
+    );
 }
 
 #[actix_web::test]
@@ -109,11 +157,21 @@ async fn oversized_bodies_and_prompts_are_refused() {
     })
     .await;
 
-    let big = json!({"prompt": "x".repeat(100 * 1024)}).to_string().into_bytes();
-    let err = expect_error(post_raw(&app, Some("application/json"), big.clone()).await, 413).await;
+    let big = json!({"prompt": "x".repeat(100 * 1024)})
+        .to_string()
+        .into_bytes();
+    let err = expect_error(
+        post_raw(&app, Some("application/json"), big.clone()).await,
+        413,
+    )
+    .await;
     assert_eq!(err["code"], "request_too_large");
     // Without a Content-Length (chunked), the limit holds while reading.
-    let chunks = futures_util::stream::iter(big.chunks(8192).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let chunks = futures_util::stream::iter(
+        big.chunks(8192)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
     let res = app
         .client
         .post(app.url("/v1/images/generations"))
@@ -124,16 +182,28 @@ async fn oversized_bodies_and_prompts_are_refused() {
         .unwrap();
     assert_eq!(expect_error(res, 413).await["code"], "request_too_large");
 
-    let err = expect_error(app.post_generation(json!({"prompt": "é".repeat(1001)})).await, 400).await;
+    let err = expect_error(
+        app.post_generation(json!({"prompt": "é".repeat(1001)}))
+            .await,
+        400,
+    )
+    .await;
     assert_eq!(err["param"], "prompt");
     assert!(err["message"].as_str().unwrap().contains("1001"));
-    assert_eq!(app.post_generation(json!({"prompt": "é".repeat(1000)})).await.status(), 200);
+    assert_eq!(
+        app.post_generation(json!({"prompt": "é".repeat(1000)}))
+            .await
+            .status(),
+        200
+    );
 }
 
 fn raw_connection(app: &TestApp) -> TcpStream {
     let addr = app.address.trim_start_matches("http://");
     let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stream
 }
 
@@ -146,13 +216,22 @@ fn read_to_close(mut stream: TcpStream) -> (String, Duration) {
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                panic!("the server kept a slow client open for 5 s: {}", String::from_utf8_lossy(&out))
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!(
+                    "the server kept a slow client open for 5 s: {}",
+                    String::from_utf8_lossy(&out)
+                )
             }
             Err(_) => break,
         }
     }
-    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
 }
 
 #[actix_web::test]
@@ -162,7 +241,9 @@ async fn a_slowloris_request_head_is_cut_off() {
     let (sent, elapsed) = tokio::task::spawn_blocking({
         let mut stream = raw_connection(&app);
         move || {
-            stream.write_all(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n").unwrap();
+            stream
+                .write_all(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
             // ...and never finish the head.
             read_to_close(stream)
         }
@@ -171,7 +252,10 @@ async fn a_slowloris_request_head_is_cut_off() {
     .unwrap();
 
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
-    assert!(sent.is_empty() || sent.starts_with("HTTP/1.1 408"), "{sent}");
+    assert!(
+        sent.is_empty() || sent.starts_with("HTTP/1.1 408"),
+        "{sent}"
+    );
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
 
@@ -204,5 +288,8 @@ async fn a_trickled_body_is_cut_off_with_an_openai_408() {
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     assert!(sent.starts_with("HTTP/1.1 408"), "{sent}");
     assert!(sent.contains("\"code\":\"request_timeout\""), "{sent}");
-    assert!(sent.to_ascii_lowercase().contains("x-request-id:"), "{sent}");
+    assert!(
+        sent.to_ascii_lowercase().contains("x-request-id:"),
+        "{sent}"
+    );
 }

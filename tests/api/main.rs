@@ -8,6 +8,7 @@ mod cache;
 mod generations;
 mod hostile;
 mod metrics;
+mod process;
 mod properties;
 mod resilience;
 mod routes;

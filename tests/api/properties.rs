@@ -23,12 +23,27 @@ fn any_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         "\\PC{0,24}".prop_map(Value::String),
         prop_oneof![
-            Just("1024x1024"), Just("1792x1024"), Just("auto"), Just("b64_json"), Just("url"),
-            Just("png"), Just("webp"), Just("jpeg"), Just("gpt-image-1"), Just("imagen-4"),
-            Just("hd"), Just("vivid"), Just("opaque"), Just("low"), Just("0x0"), Just("640x480"),
+            Just("1024x1024"),
+            Just("1792x1024"),
+            Just("auto"),
+            Just("b64_json"),
+            Just("url"),
+            Just("png"),
+            Just("webp"),
+            Just("jpeg"),
+            Just("gpt-image-1"),
+            Just("imagen-4"),
+            Just("hd"),
+            Just("vivid"),
+            Just("opaque"),
+            Just("low"),
+            Just("0x0"),
+            Just("640x480"),
         ]
         .prop_map(|s| Value::String(s.to_owned())),
     ];

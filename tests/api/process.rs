@@ -1,0 +1,417 @@
+//! The real `image-gateway` binary as a process: flags, start-up failures,
+//! graceful shutdown on SIGTERM/SIGINT, and secrets kept out of every log
+//! line, answer and metric.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image_gateway::fake_fal::{FakeConfig, FakeFal, Fault, FaultAction, Op};
+use serde_json::json;
+use sha2::Digest;
+
+use crate::helpers::short;
+
+const BIN: &str = env!("CARGO_BIN_EXE_image-gateway");
+
+struct Gateway {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    /// Start the binary with `env` (plus a free listen port) and wait until
+    /// it answers /healthz.
+    async fn start(env: &[(&str, String)]) -> Gateway {
+        image_gateway::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("gateway.log");
+        let port = free_port();
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("IMAGE_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("IMAGE_GATEWAY__SERVER__WORKERS", "1")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        let gw = Gateway {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client
+                .get(gw.url("/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return gw;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway did not start: {}", gw.logs());
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit; its exit code and how long it took.
+    async fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.child.kill();
+        panic!(
+            "the gateway did not exit within {limit:?}: {}",
+            short(&self.logs())
+        );
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fal_env(fal: &FakeFal) -> Vec<(&'static str, String)> {
+    vec![
+        ("FAL_KEY", "fal-key-SECRET-1234".into()),
+        ("IMAGE_GATEWAY__FAL__QUEUE_URL", fal.queue_url()),
+        ("IMAGE_GATEWAY__FAL__RUN_URL", fal.run_url()),
+        ("IMAGE_GATEWAY__FAL__RETRY_BASE_DELAY_MS", "5".into()),
+    ]
+}
+
+#[actix_web::test]
+async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
+    let fal = FakeFal::start("127.0.0.1:0", FakeConfig::default(), 1).unwrap();
+    let hashed_key = "sk-hashed-SECRET-9012";
+    let hash = hex::encode(sha2::Sha256::digest(hashed_key.as_bytes()));
+    let secrets = [
+        "fal-key-SECRET-1234",
+        "sk-client-SECRET-5678",
+        hashed_key,
+        "sk-wrong-SECRET-3456",
+    ];
+    for format in ["text", "json"] {
+        let mut env = fal_env(&fal);
+        env.extend([
+            ("RUST_LOG", "trace".to_owned()),
+            ("IMAGE_GATEWAY__LOG__FORMAT", format.to_owned()),
+            (
+                "IMAGE_GATEWAY__AUTH__API_KEYS",
+                format!("sk-client-SECRET-5678,sha256:{hash}"),
+            ),
+            ("IMAGE_GATEWAY__METRICS__PUBLIC", "true".to_owned()),
+        ]);
+        let mut gw = Gateway::start(&env).await;
+        let client = reqwest::Client::new();
+        let mut seen = String::new();
+        let calls: Vec<(&str, serde_json::Value, Option<Fault>)> = vec![
+            (
+                "sk-client-SECRET-5678",
+                json!({"prompt":"one","response_format":"b64_json"}),
+                None,
+            ),
+            ("sk-hashed-SECRET-9012", json!({"prompt":"two"}), None),
+            ("sk-wrong-SECRET-3456", json!({"prompt":"three"}), None),
+            (
+                "sk-client-SECRET-5678",
+                json!({"prompt":"four"}),
+                Some(Fault {
+                    op: Op::Submit,
+                    times: 1,
+                    action: FaultAction::Respond {
+                        status: 401,
+                        headers: vec![("x-fal-request-id".into(), "x".into())],
+                        body: r#"{"detail":"Invalid key fal-key-SECRET-1234"}"#.into(),
+                    },
+                }),
+            ),
+            (
+                "sk-client-SECRET-5678",
+                json!({"prompt":"five"}),
+                Some(Fault {
+                    op: Op::Result,
+                    times: 1,
+                    action: FaultAction::Respond {
+                        status: 500,
+                        headers: vec![("x-fal-request-id".into(), "x".into())],
+                        body: "Traceback sk-client-SECRET-5678".into(),
+                    },
+                }),
+            ),
+            (
+                "sk-client-SECRET-5678",
+                json!({"prompt":"six","stream":true}),
+                None,
+            ),
+        ];
+        for (key, body, fault) in calls {
+            if let Some(f) = fault {
+                fal.inject(f);
+            }
+            let res = client
+                .post(gw.url("/v1/images/generations"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            seen.push_str(&format!("{:?}", res.headers()));
+            seen.push_str(&res.text().await.unwrap());
+        }
+        seen.push_str(
+            &client
+                .get(gw.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+        seen.push_str(
+            &client
+                .get(gw.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+        gw.signal("TERM");
+        let (code, _) = gw.wait_exit(Duration::from_secs(20)).await;
+        assert_eq!(code, Some(0));
+
+        let logs = gw.logs();
+        assert!(
+            logs.contains("request served") || logs.contains("request refused"),
+            "trace logging was active"
+        );
+        assert!(
+            logs.to_lowercase().contains("trace"),
+            "trace-level lines were written"
+        );
+        for secret in secrets {
+            assert!(!logs.contains(secret), "{format} logs leak {secret}");
+            assert!(!seen.contains(secret), "answers or metrics leak {secret}");
+        }
+        // The upstream calls carried the key: the secret was really in play.
+        assert!(
+            fal.calls()
+                .iter()
+                .any(|c| c.authorization.as_deref() == Some("Key fal-key-SECRET-1234"))
+        );
+    }
+
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .env("FAL_KEY", "fal-key-SECRET-1234")
+        .env("IMAGE_GATEWAY__AUTH__API_KEYS", "sk-client-SECRET-5678")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("[redacted]") && text.contains("backend in use: fal"),
+        "{text}"
+    );
+    for secret in secrets {
+        assert!(!text.contains(secret), "--check-config leaks {secret}");
+    }
+}
+
+#[actix_web::test]
+async fn sigterm_and_sigint_let_in_flight_requests_finish() {
+    for signal in ["TERM", "INT"] {
+        let fal = FakeFal::start(
+            "127.0.0.1:0",
+            FakeConfig {
+                queue_ms: 1_500,
+                ..FakeConfig::default()
+            },
+            1,
+        )
+        .unwrap();
+        let mut env = fal_env(&fal);
+        env.push(("IMAGE_GATEWAY__SERVER__SHUTDOWN_GRACE_SECONDS", "10".into()));
+        let mut gw = Gateway::start(&env).await;
+        let url = gw.url("/v1/images/generations");
+        let request = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"prompt":"finish me"}))
+                .send()
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        gw.signal(signal);
+        let res = request.await.unwrap().unwrap();
+        let (code, took) = gw.wait_exit(Duration::from_secs(10)).await;
+
+        assert_eq!(res.status(), 200, "SIG{signal}");
+        assert_eq!(code, Some(0), "SIG{signal}");
+        assert!(
+            took < Duration::from_secs(5),
+            "SIG{signal}: exit took {took:?}"
+        );
+        assert_eq!(fal.count(Op::Cancel), 0);
+        // Stopped accepting: a new connection is refused.
+        assert!(
+            reqwest::Client::new()
+                .get(gw.url("/healthz"))
+                .send()
+                .await
+                .is_err()
+        );
+    }
+}
+
+#[actix_web::test]
+async fn after_the_grace_period_remaining_jobs_are_cancelled_and_answered_503() {
+    let fal = FakeFal::start(
+        "127.0.0.1:0",
+        FakeConfig {
+            queue_ms: 60_000,
+            ..FakeConfig::default()
+        },
+        1,
+    )
+    .unwrap();
+    let mut env = fal_env(&fal);
+    env.push(("IMAGE_GATEWAY__SERVER__SHUTDOWN_GRACE_SECONDS", "1".into()));
+    let mut gw = Gateway::start(&env).await;
+    let url = gw.url("/v1/images/generations");
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"prompt":"too slow"}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    gw.signal("TERM");
+    let res = request.await.unwrap().unwrap();
+    let (code, took) = gw.wait_exit(Duration::from_secs(15)).await;
+
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.headers()["x-should-retry"], "true");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "server_shutting_down");
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(
+        fal.cancelled_jobs(),
+        1,
+        "the fal job was cancelled upstream"
+    );
+}
+
+#[test]
+fn flags_and_bad_configuration_are_explained() {
+    let version = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--config", "--check-config", "--version", "--help"] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("IMAGE_GATEWAY__SERVER__LISTEN", "nowhere")],
+            "server.listen",
+        ),
+        (&[("IMAGE_GATEWAY__BACKEND", "fal")], "backend"),
+        (
+            &[("IMAGE_GATEWAY__FAL__QUEUE_URL", "not a url")],
+            "fal.queue_url",
+        ),
+        (
+            &[("IMAGE_GATEWAY__CACHE__TTL_SECONDS", "soon")],
+            "cache.ttl_seconds",
+        ),
+    ];
+    for (env, key) in cases {
+        let out = Command::new(BIN)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert!(err.contains(key), "{env:?}: {err}");
+    }
+    let missing = Command::new(BIN)
+        .args(["--config", "/nonexistent/gateway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+}
+
+#[actix_web::test]
+async fn the_binary_starts_on_the_offline_backend_without_a_fal_key() {
+    let mut gw = Gateway::start(&[]).await;
+    let res = reqwest::Client::new()
+        .post(gw.url("/v1/images/generations"))
+        .json(&json!({"prompt":"offline","size":"1024x1792"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-image-gateway-backend"], "local");
+    gw.signal("TERM");
+    gw.wait_exit(Duration::from_secs(10)).await;
+    let logs = gw.logs();
+    assert!(
+        logs.contains("OFFLINE MODE"),
+        "the warning banner is logged"
+    );
+    assert!(
+        logs.contains("open to anyone"),
+        "the open-gateway warning is logged"
+    );
+}
