@@ -27,9 +27,9 @@ async fn malformed_bodies_are_400s_without_a_crash() {
     let app = spawn_app().await;
     let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
     let deep_object = format!(
-        "{{\"prompt\":\"x\",\"extra\":{}{}}}",
+        "{{\"prompt\":\"x\",\"extra\":{}1{}}}",
         "{\"a\":".repeat(5_000),
-        format!("1{}", "}".repeat(5_000))
+        "}".repeat(5_000)
     );
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),

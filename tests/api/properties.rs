@@ -65,7 +65,7 @@ fn any_request() -> impl Strategy<Value = Value> {
     prop::collection::btree_map(key, any_json(), 0..8).prop_map(|m| {
         let mut map: Map<String, Value> = m.into_iter().collect();
         // Usually a prompt, so plans are reached often.
-        if !map.contains_key("prompt") && map.len() % 3 != 0 {
+        if !map.contains_key("prompt") && !map.len().is_multiple_of(3) {
             map.insert("prompt".into(), json!("a lighthouse"));
         }
         Value::Object(map)
@@ -127,7 +127,7 @@ proptest! {
                 let (rw, rh) = match r.as_str() {
                     "16:9" => (16.0, 9.0), "9:16" => (9.0, 16.0), "4:3" => (4.0, 3.0), "3:4" => (3.0, 4.0), _ => (1.0, 1.0),
                 };
-                ((f64::from(w) / f64::from(h)).ln() - (rw / rh as f64).ln()).abs()
+                ((f64::from(w) / f64::from(h)).ln() - (rw / rh).ln()).abs()
             };
             for other in AspectRatio::ALL {
                 prop_assert!(distance(chosen) <= distance(other) + 1e-12, "{}x{} -> {:?}, but {:?} is nearer", w, h, chosen, other);
