@@ -124,7 +124,7 @@ proptest! {
         } else {
             let chosen = result.unwrap();
             let distance = |r: AspectRatio| {
-                let (rw, rh) = match r.as_str() {
+                let (rw, rh): (f64, f64) = match r.as_str() {
                     "16:9" => (16.0, 9.0), "9:16" => (9.0, 16.0), "4:3" => (4.0, 3.0), "3:4" => (3.0, 4.0), _ => (1.0, 1.0),
                 };
                 ((f64::from(w) / f64::from(h)).ln() - (rw / rh).ln()).abs()
