@@ -867,6 +867,52 @@ mod tests {
         assert!(text.contains("# env: FAL_KEY"));
     }
 
+    /// README's configuration table is generated from the example by
+    /// `scripts/config-table`; this fails when they disagree.
+    #[test]
+    fn the_readme_configuration_table_matches_the_example() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let defaults: toml::Table =
+            toml::from_str(&Settings::default().to_redacted_toml()).unwrap();
+        let mut missing = Vec::new();
+        for (section, value) in &defaults {
+            let entries: Vec<(String, String, String)> = match value {
+                toml::Value::Table(t) => t
+                    .iter()
+                    .filter(|(k, _)| !(section == "models" && *k == "catalog"))
+                    .map(|(k, v)| {
+                        (
+                            format!("{section}.{k}"),
+                            v.to_string(),
+                            format!(
+                                "IMAGE_GATEWAY__{}__{}",
+                                section.to_uppercase(),
+                                k.to_uppercase()
+                            ),
+                        )
+                    })
+                    .collect(),
+                v => vec![(
+                    section.clone(),
+                    v.to_string(),
+                    format!("IMAGE_GATEWAY__{}", section.to_uppercase()),
+                )],
+            };
+            for (key, default, env) in entries {
+                let row = format!("| `{key}` | `{default}` | `{env}` |");
+                if !readme.contains(&row) {
+                    missing.push(row);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README.md lacks (run scripts/config-table):\n{}",
+            missing.join("\n")
+        );
+    }
+
     #[test]
     fn redacted_output_never_shows_secrets() {
         let s = Settings::load_from(

@@ -249,3 +249,77 @@ async fn with_keys_configured_only_probes_and_file_links_are_open() {
         assert_eq!(app.get(closed).await.status(), 401, "{closed}");
     }
 }
+
+#[actix_web::test]
+async fn auth_is_deny_by_default_on_every_served_route() {
+    let app = spawn_app_with(|s| s.auth.api_keys = vec![Secret::new("sk-walk")]).await;
+    let open = ["/healthz", "/readyz"];
+    for (method, path) in image_gateway::routes::served(true) {
+        let concrete = path
+            .replace("{name}", "0123456789abcdef0123456789abcdef.png")
+            .replace("{model}", "imagen-4");
+        let req = |key: Option<&str>| {
+            let mut r = app
+                .client
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    app.url(&concrete),
+                )
+                .header("content-type", "application/json")
+                .body(json!({"prompt":"walk"}).to_string());
+            if let Some(k) = key {
+                r = r.bearer_auth(k);
+            }
+            r.send()
+        };
+        let anonymous = req(None).await.unwrap().status().as_u16();
+        let with_key = req(Some("sk-walk")).await.unwrap().status().as_u16();
+        let file_link = path.contains("/images/files/");
+        if open.contains(&path.as_str()) || file_link {
+            assert_ne!(anonymous, 401, "{method} {path} must be open");
+        } else {
+            assert_eq!(anonymous, 401, "{method} {path} must need a key");
+            assert_ne!(with_key, 401, "{method} {path} must accept the key");
+        }
+    }
+    // Unknown paths are denied too, before their 404.
+    assert_eq!(app.get("/v1/unknown").await.status(), 401);
+}
+
+#[actix_web::test]
+async fn metrics_public_opens_only_metrics() {
+    let app = spawn_app_with(|s| {
+        s.auth.api_keys = vec![Secret::new("sk-m")];
+        s.metrics.public = true;
+    })
+    .await;
+    assert_eq!(app.get("/metrics").await.status(), 200);
+    assert_eq!(app.get("/v1/models").await.status(), 401);
+}
+
+#[actix_web::test]
+async fn the_fal_key_never_follows_urls_fal_advertises() {
+    use image_gateway::fake_fal::{FakeConfig, FakeFal, Op};
+    let elsewhere = FakeFal::start("127.0.0.1:0", FakeConfig::default(), 1).unwrap();
+    let app = spawn_app_with_fake(
+        FakeConfig {
+            advertised_base: elsewhere.queue_url(),
+            ..FakeConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+
+    let res = app
+        .post_generation(json!({"prompt":"stay home","response_format":"b64_json"}))
+        .await;
+
+    assert_eq!(res.status(), 200);
+    assert!(app.fal.count(Op::Stream) + app.fal.count(Op::Status) >= 1);
+    assert_eq!(app.fal.count(Op::Result), 1);
+    assert!(
+        elsewhere.calls().is_empty(),
+        "nothing went to the advertised host: {:?}",
+        elsewhere.calls()
+    );
+}
