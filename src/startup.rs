@@ -194,6 +194,9 @@ impl Application {
         let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
         let listener = bind("server.listen", &settings.server.listen)?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "listening on {addr}");
+        }
         let serve_metrics = settings.metrics.enabled && settings.metrics.listen.is_empty();
         let api_state = state.clone();
         let server = HttpServer::new(move || {

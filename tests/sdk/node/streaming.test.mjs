@@ -72,7 +72,7 @@ describe('streaming', () => {
 
   it('throws from the iterator when fal fails after the stream started', async () => {
     await fake.faults({
-      op: 'status',
+      op: 'stream',
       action: { kind: 'completed_with_error', error: 'runner crashed', error_type: 'runner_disconnected' },
     });
     const stream = await client.images.generate({ prompt: uniquePrompt(), stream: true });

@@ -97,7 +97,7 @@ def test_a_cached_answer_streams_at_once(client, fake):
     "fault,code,type_",
     [
         (
-            {"op": "status", "action": {"kind": "completed_with_error", "error": "runner crashed", "error_type": "runner_disconnected"}},
+            {"op": "stream", "action": {"kind": "completed_with_error", "error": "runner crashed", "error_type": "runner_disconnected"}},
             "upstream_error",
             "server_error",
         ),
