@@ -4,4 +4,5 @@
 mod helpers;
 
 mod generations;
+mod openapi;
 mod routes;
