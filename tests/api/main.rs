@@ -5,4 +5,5 @@ mod helpers;
 
 mod generations;
 mod openapi;
+mod process;
 mod routes;
