@@ -8,6 +8,7 @@ mod cache;
 mod generations;
 mod hostile;
 mod metrics;
+mod openapi;
 mod process;
 mod properties;
 mod resilience;
