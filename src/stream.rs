@@ -15,7 +15,7 @@ use futures_util::{Future, FutureExt};
 
 use crate::cache::{CacheDirectives, FlightResult, Generation};
 use crate::error::ApiError;
-use crate::gateway::{Pending, Served};
+use crate::gateway::Pending;
 use crate::mapping::GenerationPlan;
 use crate::routes::generations::common_headers;
 use crate::state::AppState;
@@ -43,20 +43,11 @@ pub async fn respond(
     let backend = state.backend;
     let wait: Pin<Box<dyn Future<Output = FlightResult> + Send>> = match pending {
         Pending::Ready(g) => {
-            common_headers(
-                &mut res,
-                &plan,
-                &Served {
-                    generation: g.clone(),
-                    status,
-                },
-            );
+            common_headers(&mut res, &plan, status, backend, Some(&g));
             Box::pin(futures_util::future::ready(Ok(g)))
         }
         Pending::Waiting(w) => {
-            res.insert_header(("x-cache", status.header()));
-            res.insert_header(("x-image-gateway-backend", backend.as_str()));
-            res.insert_header(("x-image-gateway-model", plan.model.id.as_str()));
+            common_headers(&mut res, &plan, status, backend, None);
             Box::pin(w.wait())
         }
     };

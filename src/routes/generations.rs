@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use crate::auth::ClientId;
 use crate::cache::{CacheDirectives, Generation};
 use crate::error::ApiError;
-use crate::gateway::{CacheStatus, Served};
+use crate::gateway::CacheStatus;
 use crate::mapping::{self, GenerationPlan, ResponseFormat};
 use crate::openai::parse_generation_body;
 use crate::settings::CacheScope;
@@ -72,7 +72,13 @@ pub async fn create(
         () = client_gone => return Err(ApiError::ClientClosedRequest),
     };
     let mut res = HttpResponse::Ok();
-    common_headers(&mut res, &plan, &served);
+    common_headers(
+        &mut res,
+        &plan,
+        served.status,
+        state.backend,
+        Some(&served.generation),
+    );
     let (len, chunks) = json_chunks(&served.generation, &base_url);
     res.insert_header((header::CONTENT_TYPE, "application/json"));
     let mut res = if chunks.len() == 1 {
@@ -86,24 +92,21 @@ pub async fn create(
     Ok(res)
 }
 
-/// Headers every generation answer carries (JSON or stream).
-pub fn common_headers(res: &mut HttpResponseBuilder, plan: &GenerationPlan, served: &Served) {
-    res.insert_header(("x-cache", served.status.header()));
-    if served.status == CacheStatus::Hit {
-        res.insert_header((
-            header::AGE,
-            served
-                .generation
-                .produced_at
-                .elapsed()
-                .as_secs()
-                .to_string(),
-        ));
+/// Headers every generation answer carries (JSON or stream). `generation`
+/// is the answer when it is already known (a stream may still be waiting).
+pub fn common_headers(
+    res: &mut HttpResponseBuilder,
+    plan: &GenerationPlan,
+    status: CacheStatus,
+    backend: crate::settings::BackendKind,
+    generation: Option<&Generation>,
+) {
+    res.insert_header(("x-cache", status.header()));
+    if let (CacheStatus::Hit, Some(g)) = (status, generation) {
+        res.insert_header((header::AGE, g.produced_at.elapsed().as_secs().to_string()));
     }
-    res.insert_header((
-        "x-image-gateway-backend",
-        served.generation.backend.as_str(),
-    ));
+    let backend = generation.map_or(backend, |g| g.backend);
+    res.insert_header(("x-image-gateway-backend", backend.as_str()));
     res.insert_header(("x-image-gateway-model", plan.model.id.as_str()));
     if !plan.ignored_fields.is_empty()
         && let Ok(v) = HeaderValue::from_str(&plan.ignored_fields.join(","))

@@ -510,6 +510,9 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::UpstreamTimeout { .. }
             | ApiError::ShuttingDown
             | ApiError::Internal => {}
+            // Only ever "sent" to a client that already hung up (logged as
+            // 499); no client can receive it, so the spec need not list it.
+            ApiError::ClientClosedRequest => {}
         }
     }
     let limit = |kind| RateLimitHeaders {
