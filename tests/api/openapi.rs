@@ -609,10 +609,10 @@ fn responses_for(status: u16) -> Vec<(String, &'static Value)> {
     let mut out = Vec::new();
     for (path, item) in spec()["paths"].as_object().unwrap() {
         for m in HTTP_METHODS {
-            if let Some(op) = resolve(item).get(m) {
-                if let Some(r) = op["responses"].get(status.to_string()) {
-                    out.push((format!("{} {path}", m.to_uppercase()), resolve(r)));
-                }
+            if let Some(op) = resolve(item).get(m)
+                && let Some(r) = op["responses"].get(status.to_string())
+            {
+                out.push((format!("{} {path}", m.to_uppercase()), resolve(r)));
             }
         }
     }
