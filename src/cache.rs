@@ -162,8 +162,12 @@ impl Flights {
             return (Joined::Leader(waiter(&flight)), flight);
         };
         let mut map = self.lock();
+        // A finished flight may linger a moment before its task removes
+        // it; a request arriving then must not take its (possibly
+        // uncacheable, `no-store`) answer.
         if let Some(existing) = map.get(&k)
             && !existing.token.is_cancelled()
+            && !existing.is_finished()
         {
             let flight = existing.clone();
             return (Joined::Follower(waiter(&flight)), flight);
