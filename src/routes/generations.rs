@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use crate::auth::ClientId;
 use crate::cache::{CacheDirectives, Generation};
 use crate::error::ApiError;
-use crate::gateway::{CacheStatus, Served};
+use crate::gateway::Served;
 use crate::mapping::{self, GenerationPlan, ResponseFormat};
 use crate::openai::parse_generation_body;
 use crate::settings::CacheScope;
@@ -89,7 +89,8 @@ pub async fn create(
 /// Headers every generation answer carries (JSON or stream).
 pub fn common_headers(res: &mut HttpResponseBuilder, plan: &GenerationPlan, served: &Served) {
     res.insert_header(("x-cache", served.status.header()));
-    if served.status == CacheStatus::Hit {
+    if let Some(level) = served.status.level() {
+        res.insert_header(("x-cache-level", level));
         res.insert_header((
             header::AGE,
             served

@@ -10,5 +10,6 @@ mod hostile;
 mod metrics;
 mod process;
 mod properties;
+mod redis;
 mod resilience;
 mod routes;
