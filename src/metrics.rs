@@ -192,7 +192,7 @@ impl Metrics {
             cache_lookups: counter_vec(
                 &r,
                 "image_gateway_cache_lookups_total",
-                "Generation requests by cache result: hit, miss, coalesced (joined an identical in-flight job) or bypass (no-cache, or cache disabled).",
+                "Generation requests by cache result: hit (from this replica's memory or the shared Redis cache; see image_gateway_l2_cache_lookups_total), miss, coalesced (joined an identical job in flight, here or on another replica) or bypass (no-cache, or cache disabled).",
                 &["result"],
             ),
             cache_entries: gauge(
