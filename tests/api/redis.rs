@@ -207,7 +207,7 @@ async fn identical_concurrent_requests_spread_over_two_replicas_reach_fal_once()
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let fal = slow_fal(500);
+    let fal = slow_fal(1_000);
     let a = spawn_replica(&fal, shared(&redis)).await;
     let b = spawn_replica(&fal, shared(&redis)).await;
     let body = json!({"prompt":"one fleet, one image","response_format":"b64_json"});
@@ -531,7 +531,7 @@ async fn a_crashed_owners_lock_holds_others_back_only_until_it_expires() {
         .arg(lock_key(&body))
         .arg("crashed-replica")
         .arg("PX")
-        .arg(2_000)
+        .arg(3_000)
         .query_async::<()>(&mut c)
         .await
         .unwrap();
