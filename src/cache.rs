@@ -162,8 +162,12 @@ impl Flights {
             return (Joined::Leader(waiter(&flight)), flight);
         };
         let mut map = self.lock();
+        // A finished flight may linger a moment before its task removes
+        // it; a request arriving then must not take its (possibly
+        // uncacheable, `no-store`) answer.
         if let Some(existing) = map.get(&k)
             && !existing.token.is_cancelled()
+            && !existing.is_finished()
         {
             let flight = existing.clone();
             return (Joined::Follower(waiter(&flight)), flight);
@@ -203,7 +207,7 @@ impl GenerationCache {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &CacheKey, v: &Arc<Generation>| v.weight())
-            .time_to_live(ttl)
+            .expire_after(EntryLife { ttl })
             .eviction_listener(move |_k, _v, cause| {
                 let cause = match cause {
                     RemovalCause::Size => "size",
@@ -229,6 +233,41 @@ impl GenerationCache {
     pub async fn usage(&self) -> (u64, u64) {
         self.cache.run_pending_tasks().await;
         (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+/// An entry lives `ttl` from when its images were produced, not from when it
+/// entered this cache: an answer read from the shared (Redis) cache keeps
+/// the age it already has, so no copy outlives the TTL anywhere.
+struct EntryLife {
+    ttl: Duration,
+}
+
+impl EntryLife {
+    fn remaining(&self, g: &Generation) -> Option<Duration> {
+        Some(self.ttl.saturating_sub(g.produced_at.elapsed()))
+    }
+}
+
+impl moka::Expiry<CacheKey, Arc<Generation>> for EntryLife {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Generation>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        self.remaining(value)
+    }
+
+    /// A refreshed entry (`no-cache`) starts a new life.
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Generation>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.remaining(value)
     }
 }
 

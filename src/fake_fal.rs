@@ -176,7 +176,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A running fake fal server.
+/// A running fake fal server. Clones share it (several gateways can stand
+/// in front of one fake).
+#[derive(Clone)]
 pub struct FakeFal {
     state: Arc<State>,
     port: u16,

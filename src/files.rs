@@ -13,6 +13,9 @@ use moka::future::Cache;
 
 use crate::mapping::OutputFormat;
 
+/// Where the files are served; cached answers hold links as such paths.
+pub const PATH_PREFIX: &str = "/v1/images/files/";
+
 #[derive(Clone)]
 pub struct StoredFile {
     pub bytes: Bytes,

@@ -19,17 +19,25 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::fal::Upstream;
 use crate::backend::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
-use crate::cache::{CacheDirectives, Flight, Flights, Generation, GenerationCache, Joined};
+use crate::cache::{
+    CacheDirectives, Flight, FlightResult, Flights, Generation, GenerationCache, Joined,
+};
 use crate::error::ApiError;
 use crate::files::FileStore;
-use crate::mapping::{GenerationPlan, Job, ResponseFormat};
+use crate::mapping::{CacheKey, GenerationPlan, Job, ResponseFormat};
 use crate::metrics::Metrics;
+use crate::redis_cache::{Lock, RedisCache, Wait};
 
 /// How a request was served, for `x-cache` and the lookup metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
+    /// From this replica's memory.
     Hit,
+    /// From the shared Redis cache (written by any replica).
+    SharedHit,
     Miss,
+    /// Joined an identical generation in progress, on this replica or (with
+    /// Redis) on another one.
     Coalesced,
     /// Cache disabled, or `no-cache`: generated for this request alone.
     Bypass,
@@ -39,19 +47,53 @@ impl CacheStatus {
     /// The `x-cache` header value.
     pub fn header(self) -> &'static str {
         match self {
-            CacheStatus::Hit => "HIT",
+            CacheStatus::Hit | CacheStatus::SharedHit => "HIT",
             CacheStatus::Miss | CacheStatus::Bypass => "MISS",
             CacheStatus::Coalesced => "COALESCED",
         }
     }
 
+    /// The `x-cache-level` header value of a hit: `l1` (this replica's
+    /// memory) or `l2` (the shared Redis cache).
+    pub fn level(self) -> Option<&'static str> {
+        match self {
+            CacheStatus::Hit => Some("l1"),
+            CacheStatus::SharedHit => Some("l2"),
+            _ => None,
+        }
+    }
+
+    pub fn is_hit(self) -> bool {
+        self.level().is_some()
+    }
+
     fn label(self) -> &'static str {
         match self {
-            CacheStatus::Hit => "hit",
+            CacheStatus::Hit | CacheStatus::SharedHit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Bypass => "bypass",
         }
+    }
+}
+
+/// Where a new flight's answer comes from, known before the answer itself
+/// (so a stream can send `x-cache` at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Found in Redis.
+    Shared,
+    /// Another replica is generating it; this one waits.
+    Remote,
+    /// Generated here.
+    Generate,
+}
+
+type RouteSender = Option<tokio::sync::oneshot::Sender<Route>>;
+
+fn announce(route: &mut RouteSender, r: Route) {
+    if let Some(tx) = route.take() {
+        let _ = tx.send(r);
     }
 }
 
@@ -120,6 +162,8 @@ pub struct Gateway {
     pub upstream: Arc<Upstream>,
     pub files: Arc<FileStore>,
     pub cache: Option<GenerationCache>,
+    /// The shared second level (Redis), when configured.
+    pub l2: Option<Arc<RedisCache>>,
     pub flights: Arc<Flights>,
     pub limiter: JobLimiter,
     pub metrics: Arc<Metrics>,
@@ -177,13 +221,22 @@ impl Gateway {
         let (waiter, status) = match joined {
             Joined::Follower(w) => (w, CacheStatus::Coalesced),
             Joined::Leader(w) => {
-                self.spawn_flight(plan.clone(), flight, shared_key, store_key);
-                let status = if shared_key.is_some() {
-                    CacheStatus::Miss
+                let route = self.spawn_flight(plan.clone(), flight, shared_key, store_key);
+                let route = if self.l2.is_some() && shared_key.is_some() {
+                    route.await.unwrap_or(Route::Generate)
                 } else {
-                    CacheStatus::Bypass
+                    Route::Generate
                 };
-                (w, status)
+                match route {
+                    Route::Shared => {
+                        let generation = w.wait().await?;
+                        self.count_lookup(CacheStatus::SharedHit);
+                        return Ok((Pending::Ready(generation), CacheStatus::SharedHit));
+                    }
+                    Route::Remote => (w, CacheStatus::Coalesced),
+                    Route::Generate if shared_key.is_some() => (w, CacheStatus::Miss),
+                    Route::Generate => (w, CacheStatus::Bypass),
+                }
             }
         };
         self.count_lookup(status);
@@ -201,12 +254,14 @@ impl Gateway {
         self: &Arc<Self>,
         plan: GenerationPlan,
         flight: Arc<Flight>,
-        shared_key: Option<crate::mapping::CacheKey>,
-        store_key: Option<crate::mapping::CacheKey>,
-    ) {
+        shared_key: Option<CacheKey>,
+        store_key: Option<CacheKey>,
+    ) -> tokio::sync::oneshot::Receiver<Route> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let gw = self.clone();
         self.tasks.spawn_on(
             async move {
+                let mut route = Some(tx);
                 // An identical flight may have finished between this
                 // request's cache miss and its registering as a leader.
                 let cached = match (&gw.cache, shared_key) {
@@ -216,15 +271,11 @@ impl Gateway {
                 let result = match cached {
                     Some(generation) => Ok(generation),
                     None => {
-                        let result = gw.produce(&plan, &flight.token).await.map(Arc::new);
-                        if let (Ok(generation), Some(cache), Some(key)) =
-                            (&result, &gw.cache, store_key)
-                        {
-                            cache.insert(key, generation.clone()).await;
-                        }
-                        result
+                        gw.fill(&plan, &flight.token, shared_key, store_key, &mut route)
+                            .await
                     }
                 };
+                announce(&mut route, Route::Generate);
                 flight.finish(result);
                 if let Some(key) = shared_key {
                     gw.flights.remove(&key, &flight);
@@ -232,6 +283,95 @@ impl Gateway {
             },
             &self.runtime,
         );
+        rx
+    }
+
+    /// A local miss: the shared cache, another replica's generation in
+    /// progress, or a new generation (under the fleet-wide lock), whose
+    /// answer goes to both cache levels.
+    async fn fill(
+        &self,
+        plan: &GenerationPlan,
+        token: &CancellationToken,
+        shared_key: Option<CacheKey>,
+        store_key: Option<CacheKey>,
+        route: &mut RouteSender,
+    ) -> FlightResult {
+        let deadline = Instant::now() + self.request_timeout;
+        let l2 = self.l2.as_deref();
+        let mut lock = None;
+        if let (Some(l2), Some(key)) = (l2, shared_key) {
+            if let Some(g) = l2.lookup(&key, &self.files).await {
+                announce(route, Route::Shared);
+                return Ok(self.keep_local(store_key, g).await);
+            }
+            // Only a generation that will be stored is worth waiting for.
+            if store_key.is_some() {
+                let wait_until = deadline.min(Instant::now() + l2.wait_timeout());
+                loop {
+                    match l2.try_lock(&key).await {
+                        Lock::Acquired(guard) => {
+                            // It may have been written between the lookup
+                            // and the lock.
+                            if let Some(g) = l2.recheck(&key, &self.files).await {
+                                l2.release(guard).await;
+                                announce(route, Route::Shared);
+                                return Ok(self.keep_local(store_key, g).await);
+                            }
+                            lock = Some(guard);
+                            break;
+                        }
+                        Lock::Unavailable => break,
+                        Lock::Held => {
+                            announce(route, Route::Remote);
+                            match l2.wait_for(&key, wait_until, token, &self.files).await {
+                                Wait::Ready(g) => return Ok(self.keep_local(store_key, g).await),
+                                // The owner left without an answer: take over.
+                                Wait::Free => continue,
+                                Wait::Cancelled => {
+                                    return Err(if self.shutdown.is_cancelled() {
+                                        ApiError::ShuttingDown
+                                    } else {
+                                        ApiError::ClientClosedRequest
+                                    });
+                                }
+                                Wait::TimedOut | Wait::Unavailable => break,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        announce(route, Route::Generate);
+        let produced = async { self.produce(plan, token, deadline).await.map(Arc::new) };
+        let result = match (l2, &lock) {
+            (Some(l2), Some(guard)) => tokio::select! {
+                r = produced => r,
+                never = l2.keep(guard) => match never {},
+            },
+            _ => produced.await,
+        };
+        if let (Ok(generation), Some(key)) = (&result, store_key) {
+            if let Some(cache) = &self.cache {
+                cache.insert(key, generation.clone()).await;
+            }
+            if let Some(l2) = l2 {
+                l2.store(&key, generation, &self.files).await;
+            }
+        }
+        if let (Some(l2), Some(guard)) = (l2, lock) {
+            l2.release(guard).await;
+        }
+        result
+    }
+
+    /// An answer from Redis, kept in this replica's memory too.
+    async fn keep_local(&self, store_key: Option<CacheKey>, g: Generation) -> Arc<Generation> {
+        let g = Arc::new(g);
+        if let (Some(cache), Some(key)) = (&self.cache, store_key) {
+            cache.insert(key, g.clone()).await;
+        }
+        g
     }
 
     /// Run a plan's jobs and deliver the images in the requested form.
@@ -239,10 +379,11 @@ impl Gateway {
         &self,
         plan: &GenerationPlan,
         token: &CancellationToken,
+        deadline: Instant,
     ) -> Result<Generation, ApiError> {
         let jobs = plan.jobs();
         let ctx = JobContext {
-            deadline: Instant::now() + self.request_timeout,
+            deadline,
             cancel: token.clone(),
             timeout_seconds: self.request_timeout.as_secs(),
         };
@@ -379,7 +520,7 @@ impl Gateway {
     /// made absolute per response (see `routes::generations::absolute_url`).
     async fn file_path(&self, raw: Bytes, plan: &GenerationPlan) -> Bytes {
         let name = self.files.put(raw, plan.output_format).await;
-        Bytes::from(format!("/v1/images/files/{name}"))
+        Bytes::from(format!("{}{name}", crate::files::PATH_PREFIX))
     }
 
     /// Stop: cancel every flight (their fal jobs are cancelled upstream) and

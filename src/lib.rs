@@ -16,6 +16,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod middleware;
 pub mod openai;
+pub mod redis_cache;
 pub mod routes;
 pub mod settings;
 pub mod startup;

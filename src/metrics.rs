@@ -51,6 +51,9 @@ pub struct Metrics {
     pub cache_size: IntGauge,
     pub cache_capacity: IntGauge,
     pub cache_evictions: IntCounterVec,
+    pub l2_lookups: IntCounterVec,
+    pub l2_waits: IntCounterVec,
+    pub redis_errors: IntCounterVec,
     pub files_entries: IntGauge,
     pub files_size: IntGauge,
     pub images_generated: IntCounterVec,
@@ -189,7 +192,7 @@ impl Metrics {
             cache_lookups: counter_vec(
                 &r,
                 "image_gateway_cache_lookups_total",
-                "Generation requests by cache result: hit, miss, coalesced (joined an identical in-flight job) or bypass (no-cache, or cache disabled).",
+                "Generation requests by cache result: hit (from this replica's memory or the shared Redis cache; see image_gateway_l2_cache_lookups_total), miss, coalesced (joined an identical job in flight, here or on another replica) or bypass (no-cache, or cache disabled).",
                 &["result"],
             ),
             cache_entries: gauge(
@@ -212,6 +215,24 @@ impl Metrics {
                 "image_gateway_cache_evictions_total",
                 "Cache entries removed, by cause (size, expired, replaced, explicit).",
                 &["cause"],
+            ),
+            l2_lookups: counter_vec(
+                &r,
+                "image_gateway_l2_cache_lookups_total",
+                "Lookups in the shared Redis cache after a local miss, by result: hit, miss, or error (Redis down, slow, or an unreadable entry).",
+                &["result"],
+            ),
+            l2_waits: counter_vec(
+                &r,
+                "image_gateway_l2_cache_waits_total",
+                "Waits for another replica's identical generation, by outcome: answered (its result arrived through Redis), abandoned (it finished without a result or its lock expired; this replica generated), timeout (cache.redis_wait_timeout_ms passed; this replica generated) or error (Redis failed; this replica generated).",
+                &["outcome"],
+            ),
+            redis_errors: counter_vec(
+                &r,
+                "image_gateway_redis_errors_total",
+                "Failed or timed-out Redis calls, by operation (get, set, lock, unlock, refresh, poll, ping, decode).",
+                &["operation"],
             ),
             files_entries: gauge(
                 &r,
@@ -253,6 +274,17 @@ impl Metrics {
         for result in ["hit", "miss", "coalesced", "bypass"] {
             m.cache_lookups.with_label_values(&[result]);
         }
+        for result in ["hit", "miss", "error"] {
+            m.l2_lookups.with_label_values(&[result]);
+        }
+        for outcome in ["answered", "abandoned", "timeout", "error"] {
+            m.l2_waits.with_label_values(&[outcome]);
+        }
+        for op in [
+            "get", "set", "lock", "unlock", "refresh", "poll", "ping", "decode",
+        ] {
+            m.redis_errors.with_label_values(&[op]);
+        }
         for limit in ["requests", "images"] {
             m.rate_limited.with_label_values(&[limit]);
         }
@@ -283,7 +315,7 @@ impl Metrics {
     /// counters by their base name), whether or not it has series yet.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 24] = [
+        let collectors: [&dyn Collector; 27] = [
             &self.http_requests,
             &self.http_duration,
             &self.http_in_flight,
@@ -303,6 +335,9 @@ impl Metrics {
             &self.cache_size,
             &self.cache_capacity,
             &self.cache_evictions,
+            &self.l2_lookups,
+            &self.l2_waits,
+            &self.redis_errors,
             &self.files_entries,
             &self.files_size,
             &self.images_generated,

@@ -315,6 +315,24 @@ pub struct CacheSettings {
     pub ttl_seconds: u64,
     /// `global` or `per_key`.
     pub scope: CacheScope,
+    /// Redis as a second-level cache shared by every replica, e.g.
+    /// `redis://:password@redis:6379/0`. Empty: off (each replica has only its
+    /// own in-memory cache). Its password is never printed.
+    pub redis_url: RedisUrl,
+    /// Prefix of every key the gateway writes in Redis (entries and locks), so
+    /// several deployments can share one Redis database.
+    pub redis_key_prefix: String,
+    /// Bound on one Redis call (lookup, lock, probe). Reading or writing an
+    /// entry, which carries the images, may take four times as long. A call
+    /// that fails or takes longer marks Redis down until a probe succeeds.
+    pub redis_timeout_ms: u64,
+    /// Life of the fleet-wide generation lock. The replica generating
+    /// refreshes it every third of this, so it only bounds how long a
+    /// crashed replica can keep the others waiting.
+    pub redis_lock_ttl_ms: u64,
+    /// Longest time a replica waits for another replica's identical
+    /// generation before generating the image itself.
+    pub redis_wait_timeout_ms: u64,
 }
 
 impl Default for CacheSettings {
@@ -324,7 +342,73 @@ impl Default for CacheSettings {
             max_bytes: 256 * 1024 * 1024,
             ttl_seconds: 1_800,
             scope: CacheScope::Global,
+            redis_url: RedisUrl::default(),
+            redis_key_prefix: "image-gateway:".into(),
+            redis_timeout_ms: 250,
+            redis_lock_ttl_ms: 10_000,
+            redis_wait_timeout_ms: 60_000,
         }
+    }
+}
+
+/// A Redis URL whose password (and username) never appear in `Debug`,
+/// `Display` or `Serialize` output: `redis://:[redacted]@host:6379/0`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The URL with its credentials, for connecting only.
+    pub fn expose(&self) -> &str {
+        self.0.trim()
+    }
+    pub fn is_set(&self) -> bool {
+        !self.expose().is_empty()
+    }
+    /// The URL with any userinfo replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        let url = self.expose();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            // Not a URL we can take apart: print nothing of it.
+            return if url.is_empty() {
+                String::new()
+            } else {
+                "[redacted]".into()
+            };
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => format!("{scheme}://[redacted]{}", &rest[at..]),
+            None => {
+                // A password can also travel as a query parameter.
+                if rest.contains("password=") || rest.contains("user=") {
+                    format!("{scheme}://{}?[redacted]", &rest[..authority_end])
+                } else {
+                    url.to_owned()
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
     }
 }
 
@@ -560,6 +644,7 @@ impl Settings {
         positive("fal.max_response_bytes", self.fal.max_response_bytes as u64)?;
         positive("cache.max_bytes", self.cache.max_bytes)?;
         positive("cache.ttl_seconds", self.cache.ttl_seconds)?;
+        self.validate_redis()?;
         positive("files.ttl_seconds", self.files.ttl_seconds)?;
         positive("files.max_bytes", self.files.max_bytes)?;
         positive(
@@ -591,6 +676,54 @@ impl Settings {
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(ConfigError::new("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let c = &self.cache;
+        positive("cache.redis_timeout_ms", c.redis_timeout_ms)?;
+        positive("cache.redis_lock_ttl_ms", c.redis_lock_ttl_ms)?;
+        if c.redis_lock_ttl_ms < 3 * c.redis_timeout_ms {
+            return Err(ConfigError::new(
+                "cache.redis_lock_ttl_ms",
+                format!(
+                    "must be at least three times cache.redis_timeout_ms ({}), so the lock can be refreshed in time",
+                    c.redis_timeout_ms
+                ),
+            ));
+        }
+        if !c.redis_url.is_set() {
+            return Ok(());
+        }
+        let url = c.redis_url.expose();
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("redis" | "redis+unix" | "unix") => {}
+            Some("rediss" | "valkeys") => {
+                return Err(ConfigError::new(
+                    "cache.redis_url",
+                    "TLS (rediss://) is not built in: reach Redis over a private network or a TLS sidecar",
+                ));
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "cache.redis_url",
+                    format!(
+                        "`{}` is not a redis:// (or unix://) URL",
+                        c.redis_url.redacted()
+                    ),
+                ));
+            }
+        }
+        if redis::Client::open(url).is_err() {
+            return Err(ConfigError::new(
+                "cache.redis_url",
+                format!(
+                    "`{}` is not a valid Redis URL (redis://[:password@]host[:port][/db])",
+                    c.redis_url.redacted()
+                ),
+            ));
         }
         Ok(())
     }
@@ -911,6 +1044,83 @@ mod tests {
             "README.md lacks (run scripts/config-table):\n{}",
             missing.join("\n")
         );
+    }
+
+    #[test]
+    fn the_redis_url_is_read_from_the_environment_and_its_password_never_shown() {
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "IMAGE_GATEWAY__CACHE__REDIS_URL",
+                "redis://gw:redis-pass-SECRET@cache.internal:6380/2",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.cache.redis_url.expose(),
+            "redis://gw:redis-pass-SECRET@cache.internal:6380/2"
+        );
+        let shown = [
+            s.to_redacted_toml(),
+            format!("{s:?}"),
+            s.cache.redis_url.to_string(),
+        ];
+        for text in &shown {
+            assert!(!text.contains("redis-pass-SECRET"), "{text}");
+            assert!(!text.contains("gw:"), "{text}");
+        }
+        assert!(shown[0].contains("redis://[redacted]@cache.internal:6380/2"));
+    }
+
+    #[test]
+    fn redis_urls_are_redacted_in_every_form() {
+        let cases = [
+            ("", ""),
+            ("redis://localhost:6379", "redis://localhost:6379"),
+            ("redis://:pw@h:1/0", "redis://[redacted]@h:1/0"),
+            ("redis://user:p@ss@h/0", "redis://[redacted]@h/0"),
+            ("redis://h:1/0?password=pw", "redis://h:1?[redacted]"),
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+            ("not a url with pw", "[redacted]"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(RedisUrl::new(url).redacted(), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn bad_redis_settings_name_their_key_without_the_password() {
+        for (var, value, key) in [
+            (
+                "IMAGE_GATEWAY__CACHE__REDIS_URL",
+                "rediss://:pw-SECRET@h:6379",
+                "cache.redis_url",
+            ),
+            (
+                "IMAGE_GATEWAY__CACHE__REDIS_URL",
+                "http://:pw-SECRET@h:6379",
+                "cache.redis_url",
+            ),
+            (
+                "IMAGE_GATEWAY__CACHE__REDIS_URL",
+                "redis://:pw-SECRET@h:notaport",
+                "cache.redis_url",
+            ),
+            (
+                "IMAGE_GATEWAY__CACHE__REDIS_TIMEOUT_MS",
+                "0",
+                "cache.redis_timeout_ms",
+            ),
+            (
+                "IMAGE_GATEWAY__CACHE__REDIS_LOCK_TTL_MS",
+                "500",
+                "cache.redis_lock_ttl_ms",
+            ),
+        ] {
+            let err = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
+            assert_eq!(err.key, key, "{var}={value}: {err}");
+            assert!(!err.to_string().contains("pw-SECRET"), "{err}");
+        }
     }
 
     #[test]

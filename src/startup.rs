@@ -21,6 +21,7 @@ use crate::gateway::{Gateway, JobLimiter};
 use crate::mapping::{ModelCatalog, PlanLimits};
 use crate::metrics::Metrics;
 use crate::middleware::{edge, require_key};
+use crate::redis_cache::RedisCache;
 use crate::routes;
 use crate::settings::{BackendKind, Settings};
 use crate::state::AppState;
@@ -140,6 +141,29 @@ impl Application {
                 metrics.clone(),
             )
         });
+        let l2 = match (&cache, settings.cache.redis_url.is_set()) {
+            (Some(_), true) => Some(Arc::new(
+                RedisCache::new(
+                    &settings.cache,
+                    kind,
+                    metrics.clone(),
+                    runtime_handle.clone(),
+                )
+                .map_err(StartupError::Setup)?,
+            )),
+            (None, true) => {
+                tracing::warn!(
+                    "cache.redis_url is set but cache.enabled is false: the shared cache is not used"
+                );
+                None
+            }
+            _ => None,
+        };
+        let shutdown = CancellationToken::new();
+        if let Some(l2) = &l2 {
+            tracing::info!(redis = %l2.redacted_url(), "shared second-level cache in Redis");
+            tasks.spawn_on(l2.clone().watch(shutdown.clone()), &runtime_handle);
+        }
         let gateway = Arc::new(Gateway {
             backend,
             upstream,
@@ -148,6 +172,7 @@ impl Application {
                 Duration::from_secs(settings.files.ttl_seconds),
             )),
             cache,
+            l2,
             flights: Flights::new(metrics.clone()),
             limiter: JobLimiter::new(
                 settings.limits.max_concurrent_jobs,
@@ -157,7 +182,7 @@ impl Application {
             metrics: metrics.clone(),
             request_timeout: Duration::from_secs(settings.server.request_timeout_seconds),
             runtime: runtime_handle,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks,
         });
         let catalog = ModelCatalog::from_settings(&settings.models)
@@ -382,6 +407,7 @@ fn announce(settings: &Settings, kind: BackendKind, state: &AppState) {
         listen = %settings.server.listen,
         backend = kind.as_str(),
         cache = settings.cache.enabled,
+        redis = settings.cache.redis_url.is_set(),
         models = state.catalog.models().len(),
         version = env!("CARGO_PKG_VERSION"),
         "image-gateway starting"

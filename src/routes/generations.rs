@@ -102,7 +102,8 @@ pub fn common_headers(
     generation: Option<&Generation>,
 ) {
     res.insert_header(("x-cache", status.header()));
-    if let (CacheStatus::Hit, Some(g)) = (status, generation) {
+    if let (Some(level), Some(g)) = (status.level(), generation) {
+        res.insert_header(("x-cache-level", level));
         res.insert_header((header::AGE, g.produced_at.elapsed().as_secs().to_string()));
     }
     let backend = generation.map_or(backend, |g| g.backend);

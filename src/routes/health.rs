@@ -1,5 +1,6 @@
 //! Probes: `/healthz` says the process serves HTTP; `/readyz` says it can
-//! take generations, and reports the backend in use.
+//! take generations, and reports the backend in use and the state of the
+//! shared Redis cache (which never makes it unready).
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
@@ -24,6 +25,13 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         },
         "offline": state.backend == crate::settings::BackendKind::Local,
         "cache": gw.cache.is_some(),
+        // The shared cache is optional: its state is reported, and never
+        // makes the replica unready.
+        "redis": match &gw.l2 {
+            None => "disabled",
+            Some(l2) if l2.is_up() => "up",
+            Some(_) => "down",
+        },
         "in_flight_generations": gw.flights.len(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),

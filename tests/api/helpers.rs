@@ -55,6 +55,13 @@ pub async fn spawn_app_with_fake(
 ) -> TestApp {
     image_gateway::install_crypto_provider();
     let fal = FakeFal::start("127.0.0.1:0", fake, 1).expect("fake fal starts");
+    spawn_replica(&fal, configure).await
+}
+
+/// Another gateway in front of an existing fake fal (replicas of one fleet).
+pub async fn spawn_replica(fal: &FakeFal, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    image_gateway::install_crypto_provider();
+    let fal = fal.clone();
     let mut settings = test_settings(&fal);
     configure(&mut settings);
     settings.validate().expect("test settings are valid");

@@ -11,5 +11,6 @@ mod metrics;
 mod openapi;
 mod process;
 mod properties;
+mod redis;
 mod resilience;
 mod routes;

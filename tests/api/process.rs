@@ -128,7 +128,11 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
         "sk-client-SECRET-5678",
         hashed_key,
         "sk-wrong-SECRET-3456",
+        "redis-SECRET-7777",
     ];
+    // A shared cache that is down all along: its outage is logged (once),
+    // its password never.
+    let redis_url = format!("redis://:redis-SECRET-7777@127.0.0.1:{}/0", free_port());
     for format in ["text", "json"] {
         let mut env = fal_env(&fal);
         env.extend([
@@ -139,6 +143,7 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
                 format!("sk-client-SECRET-5678,sha256:{hash}"),
             ),
             ("IMAGE_GATEWAY__METRICS__PUBLIC", "true".to_owned()),
+            ("IMAGE_GATEWAY__CACHE__REDIS_URL", redis_url.clone()),
         ]);
         let mut gw = Gateway::start(&env).await;
         let client = reqwest::Client::new();
@@ -230,6 +235,11 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
             logs.to_lowercase().contains("trace"),
             "trace-level lines were written"
         );
+        assert_eq!(
+            logs.matches("Redis is unreachable").count(),
+            1,
+            "{format}: one line per outage"
+        );
         for secret in secrets {
             assert!(!logs.contains(secret), "{format} logs leak {secret}");
             assert!(!seen.contains(secret), "answers or metrics leak {secret}");
@@ -246,6 +256,7 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
         .arg("--check-config")
         .env("FAL_KEY", "fal-key-SECRET-1234")
         .env("IMAGE_GATEWAY__AUTH__API_KEYS", "sk-client-SECRET-5678")
+        .env("IMAGE_GATEWAY__CACHE__REDIS_URL", &redis_url)
         .output()
         .unwrap();
     let text =
