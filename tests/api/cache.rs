@@ -260,13 +260,7 @@ async fn the_last_waiter_leaving_cancels_the_fal_job() {
         .await;
 
     assert!(gone.is_err());
-    for _ in 0..100 {
-        if app.fal.cancelled_jobs() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(app.fal.cancelled_jobs(), 1);
+    eventually("the fal job is cancelled", || app.fal.cancelled_jobs() == 1).await;
     assert!(app.gateway.flights.is_empty());
     let metrics = app.metrics().await;
     assert_eq!(

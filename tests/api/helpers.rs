@@ -221,3 +221,15 @@ pub fn short(text: &str) -> String {
         )
     }
 }
+
+/// Wait (up to 4 s) until `check` holds: for work the gateway finishes in
+/// the background after answering, such as fal cancellations.
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
+}

@@ -28,17 +28,6 @@ fn respond(op: Op, times: u32, status: u16, headers: &[(&str, &str)], body: &str
 const NGINX_502: &str = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>";
 const FROM_FAL: (&str, &str) = ("x-fal-request-id", "fal-req-1");
 
-/// Wait until `check` holds (background work such as cancellations).
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 /// Nothing of a finished request may linger: no flight, no job slot.
 async fn assert_nothing_left(app: &TestApp) {
     eventually("flights drained", || app.gateway.flights.is_empty()).await;
