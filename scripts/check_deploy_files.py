@@ -5,6 +5,10 @@ scripts/check-deploy, with the .venv's Python):
   models that cloudcoil.models.prometheus_operator generates from the
   published CRDs), with unknown fields reported (the models drop them
   silently, so the document must survive a round trip unchanged);
+- the Dockerfile's runtime stage agrees with itself (numeric non-root user,
+  entrypoint, exposed port, CA roots), .dockerignore keeps what cargo needs
+  out of its excludes, and the HEALTHCHECK command works under /bin/sh
+  against the real binary (and fails without it);
 - the files the compose file builds from and mounts exist, and its gateway
   environment is accepted by the real binary (`--check-config`);
 - the Kubernetes ConfigMap's config.toml is accepted by the real binary;
@@ -96,6 +100,108 @@ def check_servicemonitor() -> None:
             problems.append(f"unknown field {field} (not in the ServiceMonitor schema)")
     models = version("cloudcoil.models.prometheus_operator")
     check(f"ServiceMonitor against the prometheus-operator CRD schema (models {models})", problems)
+
+
+# --- Dockerfile ----------------------------------------------------------------
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, closely enough for our patterns: the last matching
+    pattern wins, `!` re-includes, a matched directory excludes its content,
+    `**/` matches any depth."""
+    import fnmatch
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for raw in patterns:
+        neg = raw.startswith("!")
+        pat = raw[1:] if neg else raw
+        pat = pat.strip("/")
+        cands = [pat, pat[3:]] if pat.startswith("**/") else [pat]
+        hit = any(
+            fnmatch.fnmatchcase(prefix, c) or (pat.startswith("**/") and fnmatch.fnmatchcase(prefix.split("/")[-1], c))
+            for prefix in prefixes for c in cands
+        )
+        if hit:
+            excluded = not neg
+    return excluded
+
+
+def check_dockerfile(binary: Path) -> None:
+    import socket
+    import time
+    import tomllib
+
+    problems = []
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = re.sub(r"\\\n\s*", " ", text).splitlines()
+    stages = [l for l in lines if l.startswith("FROM ")]
+    final = text[text.rindex("\nFROM "):]
+    if len(stages) < 3:
+        problems.append("not multi-stage")
+    if "cargo chef cook" not in text:
+        problems.append("no cargo-chef dependency layer")
+    user = dockerfile_user()
+    if not re.fullmatch(r"\d+(:\d+)?", user) or user.startswith("0"):
+        problems.append(f"USER {user!r} is not a numeric non-root user")
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", final, re.M).group(1))
+    copied = re.findall(r"^COPY --from=\w+ \S+ (\S+)$", final, re.M)
+    if entry[0] not in copied:
+        problems.append(f"ENTRYPOINT {entry[0]} is not what the runtime stage copies ({copied})")
+    listen = re.search(r"^ENV IMAGE_GATEWAY__SERVER__LISTEN=(\S+)$", final, re.M).group(1)
+    exposed = re.findall(r"^EXPOSE (\d+)$", final, re.M)
+    if [str(port_of(listen))] != exposed:
+        problems.append(f"EXPOSE {exposed} != the port of {listen}")
+    if "ca-certificates" not in final:
+        problems.append("runtime stage lacks ca-certificates (rustls-platform-verifier reads the system store)")
+
+    # The build context keeps every file cargo needs.
+    patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
+                if l.strip() and not l.startswith("#")]
+    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    needed = ["Cargo.toml", "Cargo.lock", "src/main.rs"]
+    for section in ("lib", "bin", "test", "bench", "example"):
+        entries = manifest.get(section, [])
+        for e in entries if isinstance(entries, list) else [entries]:
+            if "path" in e:
+                needed.append(e["path"])
+    for path in needed:
+        if dockerignored(path, patterns):
+            problems.append(f".dockerignore excludes {path}, which the build needs")
+    for path in ("target/debug/x", ".git/HEAD", ".venv/bin/python"):
+        if not dockerignored(path, patterns):
+            problems.append(f".dockerignore lets {path} into the build context")
+
+    # The HEALTHCHECK command, run by /bin/sh as Docker runs it, against the
+    # real binary: healthy while it serves, unhealthy once it is gone.
+    cmd = json.loads(re.search(r"^HEALTHCHECK .*CMD (\[.*\])$", "\n".join(lines), re.M).group(1))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_GATEWAY") and k != "FAL_KEY"}
+    env["IMAGE_GATEWAY__SERVER__LISTEN"] = f"127.0.0.1:{port}"
+    proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        healthy = None
+        for _ in range(100):
+            healthy = subprocess.run(cmd, env=env, capture_output=True).returncode
+            if healthy == 0:
+                break
+            time.sleep(0.1)
+        if healthy != 0:
+            problems.append(f"HEALTHCHECK {cmd} fails against a running gateway")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            problems.append("the gateway did not exit within 10 s of SIGTERM (docker stop would kill it)")
+    if subprocess.run(cmd, env=env, capture_output=True).returncode == 0:
+        problems.append("HEALTHCHECK passes with no gateway running")
+    check("Dockerfile: stages, user, entrypoint, port, build context, HEALTHCHECK run against the binary", problems)
 
 
 # --- compose -------------------------------------------------------------------
@@ -383,6 +489,7 @@ def main() -> int:
     ap.add_argument("--promtool", default="promtool")
     a = ap.parse_args()
     check_servicemonitor()
+    check_dockerfile(a.binary)
     check_compose(a.binary)
     check_kubernetes(a.binary)
     check_alert_rules()
