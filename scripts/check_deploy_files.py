@@ -1,5 +1,5 @@
 """Checks of deploy/ that no off-the-shelf validator makes (run by
-scripts/check-deploy, with the .venv's Python):
+scripts/check-deploy, with .venv-deploy's Python):
 
 - the ServiceMonitor against the prometheus-operator CRD schema (the pydantic
   models that cloudcoil.models.prometheus_operator generates from the
@@ -169,7 +169,7 @@ def check_dockerfile(binary: Path) -> None:
     for path in needed:
         if dockerignored(path, patterns):
             problems.append(f".dockerignore excludes {path}, which the build needs")
-    for path in ("target/debug/x", ".git/HEAD", ".venv/bin/python"):
+    for path in ("target/debug/x", ".git/HEAD", ".venv/bin/python", ".venv-deploy/bin/python"):
         if not dockerignored(path, patterns):
             problems.append(f".dockerignore lets {path} into the build context")
 
