@@ -245,7 +245,8 @@ def check_compose(binary: Path) -> None:
     for item in gw.get("environment", []):
         if "=" in item:
             k, v = item.split("=", 1)
-            explicit[k] = v
+            # compose's ${VAR:-default}, with the host variable unset.
+            explicit[k] = re.sub(r"\$\{[A-Za-z0-9_]+(?::-([^}]*))?\}", lambda m: m.group(1) or "", v)
         elif not (item.startswith("IMAGE_GATEWAY__") or item == "FAL_KEY"):
             problems.append(f"gateway: passes through {item}, which the gateway does not read")
     # Pass-through variables (FAL_KEY, ...) unset: `docker compose up` as is.
@@ -255,6 +256,11 @@ def check_compose(binary: Path) -> None:
     err = run_check_config(binary, {**explicit, "FAL_KEY": "placeholder", "IMAGE_GATEWAY__BACKEND": "fal"})
     if err:
         problems.append(f"gateway environment with FAL_KEY rejected: {err}")
+    # The scale-out profile's documented URL.
+    if "redis" in services:
+        err = run_check_config(binary, {**explicit, "IMAGE_GATEWAY__CACHE__REDIS_URL": "redis://redis:6379/0"})
+        if err:
+            problems.append(f"gateway environment with the scale-out Redis URL rejected: {err}")
 
     # Prometheus scrapes the admin listener's port.
     metrics_port = port_of(explicit["IMAGE_GATEWAY__METRICS__LISTEN"])
@@ -326,7 +332,8 @@ def check_kubernetes(binary: Path) -> None:
 
     for env in container["env"]:
         ref = env.get("valueFrom", {}).get("secretKeyRef")
-        if ref and (ref["name"] != secret["metadata"]["name"] or ref["key"] not in secret["stringData"]):
+        # An optional reference (the Redis URL) may name a Secret made apart.
+        if ref and not ref.get("optional") and (ref["name"] != secret["metadata"]["name"] or ref["key"] not in secret["stringData"]):
             problems.append(f"env {env['name']} refers to a missing Secret key {ref}")
     env_names = {e["name"] for e in container["env"]}
     if "FAL_KEY" not in env_names:
