@@ -7,7 +7,13 @@
 //! cache), while fake-fal runs as a separate process and the HTTP client runs
 //! on a thread that is left out of the count. So the figures are what the
 //! gateway's own threads allocate, from reading the request to writing the
-//! response into actix's socket buffer. Printed with `--nocapture`:
+//! response into actix's socket buffer.
+//!
+//! Measured (1.5 MB PNG, 2.05 MB of base64): a miss allocates 2.09x the
+//! image (fal's answer read into one buffer, plus hyper's read buffers), a
+//! hit 0.004x (8.7 KB in 60 allocations). Before image bodies went to actix
+//! in 64 KiB slices: 3.04x and 1.01x (actix's write buffer took each image
+//! whole). Printed with `--nocapture`:
 //! `cargo test --test alloc -- --nocapture`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -256,17 +262,17 @@ async fn b64_answers_allocate_about_one_image_copy_on_a_miss_and_little_on_a_hit
     assert!(image > 1_000_000, "the fake's image is realistically large");
     // A miss reads fal's answer (the image plus a few hundred bytes of JSON)
     // into one buffer: the gateway's one copy. hyper's read buffers, in which
-    // the answer's chunks arrive, add about one image-sized volume (the socket
-    // read), and actix's write buffer one more when it takes the image whole
-    // (the socket write). Nothing else may copy the image.
+    // the answer's chunks arrive, add about one image-sized volume: the
+    // socket read. Nothing else may copy the image (the answer goes to actix
+    // in shared slices, so its socket write buffer stays small and reused).
     assert!(
-        ratio(mb) < 3.5,
+        ratio(mb) < 2.5,
         "a miss allocates {:.2}x the image",
         ratio(mb)
     );
-    // A hit shares the cached bytes: only the socket write may copy them.
+    // A hit shares the cached bytes: a few KiB of parsing and headers.
     assert!(
-        ratio(hb) < 1.1,
+        ratio(hb) < 0.05,
         "a hit allocates {:.2}x the image",
         ratio(hb)
     );

@@ -215,6 +215,21 @@ pub fn absolute_url(image: &Bytes, base_url: &str) -> String {
     }
 }
 
+/// Largest piece of an image handed to actix at once. actix-http copies each
+/// body chunk into the connection's write buffer and, after the response,
+/// frees a buffer that grew past 128 KiB: an image handed over whole (2 MB)
+/// costs an image-sized allocation per response, and as much memory per
+/// client still reading. Slices of the shared bytes (no copy) keep that
+/// buffer small and reused.
+pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// An image as zero-copy slices of at most [`BODY_CHUNK_BYTES`].
+pub fn image_slices(image: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..image.len())
+        .step_by(BODY_CHUNK_BYTES)
+        .map(|start| image.slice(start..(start + BODY_CHUNK_BYTES).min(image.len())))
+}
+
 /// OpenAI's response JSON as chunks: small framing strings around the image
 /// payloads, which are shared, not copied. Returns (total length, chunks).
 pub fn json_chunks(generation: &Generation, base_url: &str) -> (u64, Vec<Bytes>) {
@@ -228,7 +243,7 @@ pub fn json_chunks(generation: &Generation, base_url: &str) -> (u64, Vec<Bytes>)
             ResponseFormat::B64Json => {
                 text.push_str("{\"b64_json\":\"");
                 chunks.push(Bytes::from(std::mem::take(&mut text)));
-                chunks.push(image.clone());
+                chunks.extend(image_slices(image));
                 text.push_str("\"}");
             }
             ResponseFormat::Url => {
@@ -286,6 +301,20 @@ mod tests {
                                "output_format":"png","size":"1408x768"})
         );
         assert!(chunks.iter().any(|c| c.as_ptr() == g.images[0].as_ptr()));
+    }
+
+    #[test]
+    fn large_images_go_out_in_shared_slices_of_at_most_64_kib() {
+        let image = Bytes::from(vec![b'A'; 3 * BODY_CHUNK_BYTES + 5]);
+        let slices: Vec<Bytes> = image_slices(&image).collect();
+        assert_eq!(
+            slices.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [BODY_CHUNK_BYTES, BODY_CHUNK_BYTES, BODY_CHUNK_BYTES, 5]
+        );
+        for (i, s) in slices.iter().enumerate() {
+            assert_eq!(s.as_ptr(), image[i * BODY_CHUNK_BYTES..].as_ptr());
+        }
+        assert_eq!(image_slices(&Bytes::new()).count(), 0);
     }
 
     #[test]
