@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use crate::auth::ClientId;
 use crate::cache::{CacheDirectives, Generation};
 use crate::error::ApiError;
-use crate::gateway::{CacheStatus, Served};
+use crate::gateway::{CacheStatus, Pending, Served};
 use crate::mapping::{self, GenerationPlan, ResponseFormat};
 use crate::openai::parse_generation_body;
 use crate::settings::CacheScope;
@@ -66,11 +66,20 @@ pub async fn create(
         return Ok(res);
     }
 
-    let client_gone = crate::disconnect::closed(&req);
-    let served = tokio::select! {
-        served = state.gateway.generate(&plan, tenant.as_ref().map(|t| &t[..]), directives) => served?,
-        () = client_gone => return Err(ApiError::ClientClosedRequest),
+    let (pending, status) = state
+        .gateway
+        .begin(&plan, tenant.as_ref().map(|t| &t[..]), directives)
+        .await?;
+    let generation = match pending {
+        Pending::Ready(generation) => generation,
+        // Only a request that waits watches its client's socket (a dup, two
+        // epoll calls and a close): a cache hit is answered at once.
+        Pending::Waiting(waiter) => tokio::select! {
+            generation = waiter.wait() => generation?,
+            () = crate::disconnect::closed(&req) => return Err(ApiError::ClientClosedRequest),
+        },
     };
+    let served = Served { generation, status };
     let mut res = HttpResponse::Ok();
     common_headers(&mut res, &plan, &served);
     let (len, chunks) = json_chunks(&served.generation, &base_url);
