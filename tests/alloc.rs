@@ -248,14 +248,14 @@ async fn b64_answers_allocate_about_one_image_copy_on_a_miss_and_little_on_a_hit
     let ratio = |b: u64| b as f64 / image as f64;
     println!("b64_json image: {image} bytes of base64 per response");
     println!(
-        "miss: {mb} bytes in {mc} allocations per response = {:.2}x the image; \
-         allocations >= 256 KiB: {mlc:.1} per response, {mlb} bytes ({:.2}x)",
+        "miss: {mb} bytes in {mc} allocations per response = {:.3}x the image; \
+         allocations >= 256 KiB: {mlc:.1} per response, {mlb} bytes ({:.3}x)",
         ratio(mb),
         ratio(mlb)
     );
     println!(
-        "hit:  {hb} bytes in {hc} allocations per response = {:.2}x the image; \
-         allocations >= 256 KiB: {hlc:.1} per response, {hlb} bytes ({:.2}x)",
+        "hit:  {hb} bytes in {hc} allocations per response = {:.3}x the image; \
+         allocations >= 256 KiB: {hlc:.1} per response, {hlb} bytes ({:.3}x)",
         ratio(hb),
         ratio(hlb)
     );
