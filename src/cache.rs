@@ -39,11 +39,18 @@ pub struct Generation {
     pub backend: BackendKind,
 }
 
+/// Memory one cache entry costs beyond its image bytes: moka's node and
+/// queues, the key, the `Arc`'d `Generation`, its `Vec` and `String`, and the
+/// allocator's headers. Measured with scripts/soak: about 0.8 KiB per entry
+/// holding a URL; a 128-byte guess let a cache of `url` answers use four
+/// times its `cache.max_bytes` of memory.
+pub const ENTRY_OVERHEAD_BYTES: usize = 1024;
+
 impl Generation {
-    /// Bytes this entry holds, for the cache's weigher.
+    /// Memory this entry holds, for the cache's weigher.
     pub fn weight(&self) -> u32 {
         let images: usize = self.images.iter().map(Bytes::len).sum();
-        u32::try_from(images + self.size.len() + 128).unwrap_or(u32::MAX)
+        u32::try_from(images + self.size.len() + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
     }
 }
 

@@ -103,12 +103,6 @@ pub enum Pending {
     Waiting(crate::cache::Waiter),
 }
 
-/// A generation and how it was obtained.
-pub struct Served {
-    pub generation: Arc<Generation>,
-    pub status: CacheStatus,
-}
-
 /// The cap on concurrent upstream work, with a bounded wait queue.
 pub struct JobLimiter {
     slots: Arc<Semaphore>,
@@ -177,23 +171,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Answer a plan from the cache, an identical in-flight job, or a new one.
-    pub async fn generate(
-        self: &Arc<Self>,
-        plan: &GenerationPlan,
-        tenant: Option<&[u8]>,
-        directives: CacheDirectives,
-    ) -> Result<Served, ApiError> {
-        let (pending, status) = self.begin(plan, tenant, directives).await?;
-        let generation = match pending {
-            Pending::Ready(g) => g,
-            Pending::Waiting(w) => w.wait().await?,
-        };
-        Ok(Served { generation, status })
-    }
-
-    /// The first half of [`Gateway::generate`]: decide how the request is
-    /// served (so a stream can send `x-cache` before the images exist).
+    /// Decide how a plan is answered: from the cache (`Ready`), or by waiting
+    /// on an identical in-flight job or a new one (`Waiting`). Callers send
+    /// `x-cache` from the returned status before waiting, so a stream can
+    /// start before the images exist.
     pub async fn begin(
         self: &Arc<Self>,
         plan: &GenerationPlan,

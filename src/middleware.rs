@@ -29,8 +29,11 @@ fn valid_request_id(v: &HeaderValue) -> Option<&str> {
     (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then_some(s)
 }
 
+/// 128 random bits in OpenAI's `req_<32 hex>` shape. A request id is a
+/// label, not a secret, so it comes from the thread-local fastrand generator
+/// rather than a getrandom(2) system call per request (as `Uuid::new_v4` does).
 fn new_request_id() -> String {
-    format!("req_{}", uuid::Uuid::new_v4().simple())
+    format!("req_{:032x}", fastrand::u128(..))
 }
 
 fn method_label(m: &actix_web::http::Method) -> &'static str {

@@ -309,7 +309,8 @@ pub enum CacheScope {
 pub struct CacheSettings {
     /// Cache identical requests and coalesce concurrent identical misses.
     pub enabled: bool,
-    /// Upper bound on the bytes of cached response bodies.
+    /// Upper bound on the memory of cached answers: their bytes plus about
+    /// 1 KiB of bookkeeping per entry (`cache::ENTRY_OVERHEAD_BYTES`).
     pub max_bytes: u64,
     /// How long an answer is reused. Keep it below the life of fal's result URLs.
     pub ttl_seconds: u64,

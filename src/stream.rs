@@ -110,7 +110,7 @@ fn completed_events(g: &Generation, plan: &GenerationPlan, out: &mut VecDeque<By
         out.push_back(Bytes::from_static(
             b"event: image_generation.completed\ndata: {\"type\":\"image_generation.completed\",\"b64_json\":\"",
         ));
-        out.push_back(image.clone());
+        out.extend(crate::routes::generations::image_slices(image));
         out.push_back(Bytes::from(format!(
             "\",\"created_at\":{},\"size\":\"{}\",\"quality\":\"{}\",\"background\":\"{}\",\"output_format\":\"{}\",\"usage\":{{\"total_tokens\":0,\"input_tokens\":0,\"output_tokens\":0,\"input_tokens_details\":{{\"text_tokens\":0,\"image_tokens\":0}}}}}}\n\n",
             g.created,

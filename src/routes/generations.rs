@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use crate::auth::ClientId;
 use crate::cache::{CacheDirectives, Generation};
 use crate::error::ApiError;
-use crate::gateway::CacheStatus;
+use crate::gateway::{CacheStatus, Pending};
 use crate::mapping::{self, GenerationPlan, ResponseFormat};
 use crate::openai::parse_generation_body;
 use crate::settings::CacheScope;
@@ -66,20 +66,22 @@ pub async fn create(
         return Ok(res);
     }
 
-    let client_gone = crate::disconnect::closed(&req);
-    let served = tokio::select! {
-        served = state.gateway.generate(&plan, tenant.as_ref().map(|t| &t[..]), directives) => served?,
-        () = client_gone => return Err(ApiError::ClientClosedRequest),
+    let (pending, status) = state
+        .gateway
+        .begin(&plan, tenant.as_ref().map(|t| &t[..]), directives)
+        .await?;
+    let generation = match pending {
+        Pending::Ready(generation) => generation,
+        // Only a request that waits watches its client's socket (a dup, two
+        // epoll calls and a close): a cache hit is answered at once.
+        Pending::Waiting(waiter) => tokio::select! {
+            generation = waiter.wait() => generation?,
+            () = crate::disconnect::closed(&req) => return Err(ApiError::ClientClosedRequest),
+        },
     };
     let mut res = HttpResponse::Ok();
-    common_headers(
-        &mut res,
-        &plan,
-        served.status,
-        state.backend,
-        Some(&served.generation),
-    );
-    let (len, chunks) = json_chunks(&served.generation, &base_url);
+    common_headers(&mut res, &plan, status, state.backend, Some(&generation));
+    let (len, chunks) = json_chunks(&generation, &base_url);
     res.insert_header((header::CONTENT_TYPE, "application/json"));
     let mut res = if chunks.len() == 1 {
         let mut chunks = chunks;
@@ -219,6 +221,21 @@ pub fn absolute_url(image: &Bytes, base_url: &str) -> String {
     }
 }
 
+/// Largest piece of an image handed to actix at once. actix-http copies each
+/// body chunk into the connection's write buffer and, after the response,
+/// frees a buffer that grew past 128 KiB: an image handed over whole (2 MB)
+/// costs an image-sized allocation per response, and as much memory per
+/// client still reading. Slices of the shared bytes (no copy) keep that
+/// buffer small and reused.
+pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// An image as zero-copy slices of at most [`BODY_CHUNK_BYTES`].
+pub fn image_slices(image: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..image.len())
+        .step_by(BODY_CHUNK_BYTES)
+        .map(|start| image.slice(start..(start + BODY_CHUNK_BYTES).min(image.len())))
+}
+
 /// OpenAI's response JSON as chunks: small framing strings around the image
 /// payloads, which are shared, not copied. Returns (total length, chunks).
 pub fn json_chunks(generation: &Generation, base_url: &str) -> (u64, Vec<Bytes>) {
@@ -232,7 +249,7 @@ pub fn json_chunks(generation: &Generation, base_url: &str) -> (u64, Vec<Bytes>)
             ResponseFormat::B64Json => {
                 text.push_str("{\"b64_json\":\"");
                 chunks.push(Bytes::from(std::mem::take(&mut text)));
-                chunks.push(image.clone());
+                chunks.extend(image_slices(image));
                 text.push_str("\"}");
             }
             ResponseFormat::Url => {
@@ -290,6 +307,20 @@ mod tests {
                                "output_format":"png","size":"1408x768"})
         );
         assert!(chunks.iter().any(|c| c.as_ptr() == g.images[0].as_ptr()));
+    }
+
+    #[test]
+    fn large_images_go_out_in_shared_slices_of_at_most_64_kib() {
+        let image = Bytes::from(vec![b'A'; 3 * BODY_CHUNK_BYTES + 5]);
+        let slices: Vec<Bytes> = image_slices(&image).collect();
+        assert_eq!(
+            slices.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [BODY_CHUNK_BYTES, BODY_CHUNK_BYTES, BODY_CHUNK_BYTES, 5]
+        );
+        for (i, s) in slices.iter().enumerate() {
+            assert_eq!(s.as_ptr(), image[i * BODY_CHUNK_BYTES..].as_ptr());
+        }
+        assert_eq!(image_slices(&Bytes::new()).count(), 0);
     }
 
     #[test]
