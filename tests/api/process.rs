@@ -271,30 +271,38 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
     }
 }
 
+type InFlight = tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>;
+
+/// A gateway (with `grace` seconds of shutdown grace) in front of a fake fal
+/// whose jobs take `queue_ms`, with one generation under way.
+async fn with_a_request_in_flight(queue_ms: u64, grace: u32) -> (FakeFal, Gateway, InFlight) {
+    let config = FakeConfig {
+        queue_ms,
+        ..FakeConfig::default()
+    };
+    let fal = FakeFal::start("127.0.0.1:0", config, 1).unwrap();
+    let mut env = fal_env(&fal);
+    env.push((
+        "IMAGE_GATEWAY__SERVER__SHUTDOWN_GRACE_SECONDS",
+        grace.to_string(),
+    ));
+    let gw = Gateway::start(&env).await;
+    let url = gw.url("/v1/images/generations");
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"prompt":"in flight at shutdown"}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (fal, gw, request)
+}
+
 #[actix_web::test]
 async fn sigterm_and_sigint_let_in_flight_requests_finish() {
     for signal in ["TERM", "INT"] {
-        let fal = FakeFal::start(
-            "127.0.0.1:0",
-            FakeConfig {
-                queue_ms: 1_500,
-                ..FakeConfig::default()
-            },
-            1,
-        )
-        .unwrap();
-        let mut env = fal_env(&fal);
-        env.push(("IMAGE_GATEWAY__SERVER__SHUTDOWN_GRACE_SECONDS", "10".into()));
-        let mut gw = Gateway::start(&env).await;
-        let url = gw.url("/v1/images/generations");
-        let request = tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .json(&json!({"prompt":"finish me"}))
-                .send()
-                .await
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (fal, mut gw, request) = with_a_request_in_flight(1_500, 10).await;
 
         gw.signal(signal);
         let res = request.await.unwrap().unwrap();
@@ -320,27 +328,7 @@ async fn sigterm_and_sigint_let_in_flight_requests_finish() {
 
 #[actix_web::test]
 async fn after_the_grace_period_remaining_jobs_are_cancelled_and_answered_503() {
-    let fal = FakeFal::start(
-        "127.0.0.1:0",
-        FakeConfig {
-            queue_ms: 60_000,
-            ..FakeConfig::default()
-        },
-        1,
-    )
-    .unwrap();
-    let mut env = fal_env(&fal);
-    env.push(("IMAGE_GATEWAY__SERVER__SHUTDOWN_GRACE_SECONDS", "1".into()));
-    let mut gw = Gateway::start(&env).await;
-    let url = gw.url("/v1/images/generations");
-    let request = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .json(&json!({"prompt":"too slow"}))
-            .send()
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fal, mut gw, request) = with_a_request_in_flight(60_000, 1).await;
 
     gw.signal("TERM");
     let res = request.await.unwrap().unwrap();
