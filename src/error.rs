@@ -209,6 +209,15 @@ impl ApiError {
         }
     }
 
+    /// The message as logged: the client's message, except where it may
+    /// quote the prompt (fal's content-policy text), which logs never hold.
+    pub fn log_cause(&self) -> String {
+        match self {
+            ApiError::ContentPolicy { .. } => "the image backend rejected the prompt".into(),
+            other => other.message(),
+        }
+    }
+
     /// Whether a retry could ever help; sent as `x-should-retry`, which the
     /// SDKs obey over their own status-based rule.
     fn should_retry(&self) -> Option<bool> {
@@ -466,6 +475,20 @@ mod tests {
                 .unwrap()
                 .contains("upstream credentials")
         );
+    }
+
+    #[test]
+    fn logged_causes_never_quote_a_rejected_prompt() {
+        let e = ApiError::ContentPolicy {
+            message: "The image backend rejected the request: 'a secret prompt' is flagged".into(),
+        };
+        assert!(
+            e.message().contains("a secret prompt"),
+            "the client sees fal's reason"
+        );
+        assert!(!e.log_cause().contains("a secret prompt"));
+        let other = ApiError::UpstreamTimeout { seconds: 3 };
+        assert_eq!(other.log_cause(), other.message());
     }
 
     #[test]

@@ -63,10 +63,6 @@ impl CacheStatus {
         }
     }
 
-    pub fn is_hit(self) -> bool {
-        self.level().is_some()
-    }
-
     fn label(self) -> &'static str {
         match self {
             CacheStatus::Hit | CacheStatus::SharedHit => "hit",

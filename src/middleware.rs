@@ -115,7 +115,7 @@ pub async fn edge(
         .response()
         .error()
         .and_then(|e| e.as_error::<ApiError>())
-        .map(|e| e.message());
+        .map(ApiError::log_cause);
     let cause = cause.as_deref().unwrap_or("");
     if status.is_server_error() {
         tracing::error!(%request_id, method, %route, status = status.as_u16(), ms, cause, "request failed");

@@ -202,26 +202,10 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
             seen.push_str(&format!("{:?}", res.headers()));
             seen.push_str(&res.text().await.unwrap());
         }
-        seen.push_str(
-            &client
-                .get(gw.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
-        seen.push_str(
-            &client
-                .get(gw.url("/readyz"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        for path in ["/metrics", "/readyz"] {
+            let res = client.get(gw.url(path)).send().await.unwrap();
+            seen.push_str(&res.text().await.unwrap());
+        }
         gw.signal("TERM");
         let (code, _) = gw.wait_exit(Duration::from_secs(20)).await;
         assert_eq!(code, Some(0));
