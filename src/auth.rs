@@ -5,8 +5,8 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::Secret;
 use crate::error::ApiError;
-use crate::settings::Secret;
 
 /// Who is calling: the SHA-256 of their key. Used to scope the cache and the
 /// rate limits per key; never logged.

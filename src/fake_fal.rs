@@ -25,7 +25,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::mapping::{AspectRatio, OutputFormat};
+use crate::domain::{AspectRatio, OutputFormat};
 
 /// The operations the fake distinguishes, as used in faults and counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use moka::future::Cache;
 
-use crate::mapping::OutputFormat;
+use crate::domain::OutputFormat;
 
 /// Where the files are served; cached answers hold links as such paths.
 pub const PATH_PREFIX: &str = "/v1/images/files/";
@@ -41,16 +41,8 @@ impl FileStore {
 
     /// Store an image; returns its file name (`<id>.<ext>`).
     pub async fn put(&self, bytes: Bytes, format: OutputFormat) -> Arc<str> {
-        let name: Arc<str> = format!(
-            "{}.{}",
-            uuid::Uuid::new_v4().simple(),
-            match format {
-                OutputFormat::Png => "png",
-                OutputFormat::Jpeg => "jpeg",
-                OutputFormat::Webp => "webp",
-            }
-        )
-        .into();
+        let name: Arc<str> =
+            format!("{}.{}", uuid::Uuid::new_v4().simple(), format.as_str()).into();
         self.files
             .insert(name.clone(), StoredFile { bytes, format })
             .await;

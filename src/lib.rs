@@ -1,31 +1,36 @@
 //! image-gateway: OpenAI's Images API in front of Google's Imagen 4 on fal.ai.
 //!
-//! `main.rs` only parses flags and calls [`startup::Application`]; everything
+//! `main.rs` only parses flags and calls [`app::Application`]; everything
 //! else lives here so the tests build the very same app.
+//!
+//! - [`domain`]: the gateway's own vocabulary (formats, catalog, plan, jobs,
+//!   generations); imports nothing of ours but the error type.
+//! - [`openai`]: the OpenAI contract (request, validation, JSON, events).
+//! - [`config`]: layered settings, validation, secrets.
+//! - [`service`]: lookup, single-flight, limits, running jobs.
+//! - [`cache`]: key, directives, memory (L1), Redis (L2) and its codec.
+//! - [`backend`]: the `ImageBackend` trait, `fal` and `local`.
+//! - [`http`]: route table, middleware, handlers; [`app`]: wiring, listeners,
+//!   shutdown.
 
+pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod cache;
-pub mod disconnect;
+pub mod config;
+pub mod domain;
 pub mod error;
 pub mod fake_fal;
 pub mod files;
-pub mod gateway;
+pub mod http;
 pub mod limits;
-pub mod mapping;
 pub mod metrics;
-pub mod middleware;
 pub mod openai;
-pub mod redis_cache;
-pub mod routes;
-pub mod settings;
-pub mod startup;
-pub mod state;
-pub mod stream;
+pub mod service;
 pub mod telemetry;
 
 /// Install the process-wide TLS provider (ring) for reqwest's rustls.
-/// Idempotent; call once before building an [`startup::Application`].
+/// Idempotent; call once before building an [`app::Application`].
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use image_gateway::settings::Settings;
-use image_gateway::startup::Application;
+use image_gateway::app::Application;
+use image_gateway::config::Settings;
 
 /// An OpenAI-compatible image generation gateway for Google's Imagen 4 on fal.ai.
 ///

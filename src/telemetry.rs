@@ -4,7 +4,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::settings::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogSettings};
 
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()

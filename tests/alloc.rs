@@ -24,8 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use image_gateway::settings::{BackendChoice, Secret, Settings};
-use image_gateway::startup::Application;
+use image_gateway::app::Application;
+use image_gateway::config::{BackendChoice, Secret, Settings};
 
 /// Allocations of at least this size are counted apart: image-sized buffers.
 const LARGE: usize = 256 * 1024;

@@ -13,9 +13,8 @@ use image::{ExtendedColorType, ImageEncoder, RgbImage};
 use sha2::{Digest, Sha256};
 
 use super::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
+use crate::domain::{BackendKind, Job, OutputFormat};
 use crate::error::ApiError;
-use crate::mapping::{Job, OutputFormat};
-use crate::settings::BackendKind;
 
 pub struct LocalBackend {
     delay: Duration,
@@ -40,17 +39,13 @@ impl ImageBackend for LocalBackend {
         async move {
             let started = tokio::time::Instant::now();
             if !self.delay.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.delay) => {}
-                    _ = ctx.cancel.cancelled() => return Err(ApiError::ShuttingDown),
-                    _ = tokio::time::sleep_until(ctx.deadline) => return Err(ctx.timeout_error()),
-                }
+                ctx.sleep(self.delay).await.map_err(|s| ctx.error(s))?;
             }
             let (width, height) = job.aspect_ratio.imagen_dimensions();
-            let prompt = job.input.prompt.clone();
-            let seed = job.input.seed;
+            let prompt = job.prompt.clone();
+            let seed = job.seed;
             let format = job.output_format;
-            let count = job.input.num_images;
+            let count = job.num_images;
             let render = tokio::task::spawn_blocking(move || {
                 (0..count)
                     .map(|i| {
@@ -59,11 +54,11 @@ impl ImageBackend for LocalBackend {
                     })
                     .collect::<Result<Vec<Bytes>, ApiError>>()
             });
-            let encoded = tokio::select! {
-                r = render => r.map_err(|_| ApiError::Internal)??,
-                _ = ctx.cancel.cancelled() => return Err(ApiError::ShuttingDown),
-                _ = tokio::time::sleep_until(ctx.deadline) => return Err(ctx.timeout_error()),
-            };
+            let encoded = ctx
+                .race(render)
+                .await
+                .map_err(|s| ctx.error(s))?
+                .map_err(|_| ApiError::Internal)??;
             Ok(JobOutput {
                 images: encoded
                     .into_iter()
@@ -118,7 +113,13 @@ impl Rng {
 
 /// Draw one picture: a two-colour sky gradient, soft glowing discs and a
 /// horizon band, all placed by the prompt's digest.
-pub fn render(prompt: &str, seed: Option<u32>, index: u8, width: u32, height: u32) -> RgbImage {
+pub(crate) fn render(
+    prompt: &str,
+    seed: Option<u32>,
+    index: u8,
+    width: u32,
+    height: u32,
+) -> RgbImage {
     let mut h = Sha256::new();
     h.update(prompt.as_bytes());
     h.update(seed.map_or([0xff; 5], |s| {
@@ -180,7 +181,7 @@ pub fn render(prompt: &str, seed: Option<u32>, index: u8, width: u32, height: u3
 }
 
 /// Encode as PNG, JPEG or WebP (lossless; the `image` crate has no lossy WebP).
-pub fn encode(img: &RgbImage, format: OutputFormat) -> Result<Bytes, ApiError> {
+pub(crate) fn encode(img: &RgbImage, format: OutputFormat) -> Result<Bytes, ApiError> {
     let mut out = Cursor::new(Vec::with_capacity((img.width() * img.height()) as usize));
     let (w, h) = img.dimensions();
     let result =

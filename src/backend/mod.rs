@@ -1,24 +1,26 @@
 //! One trait over the image upstreams: `fal` (the real one, over HTTP) and
 //! `local` (the offline renderer, the embedded default without a `FAL_KEY`).
+//! A backend takes a provider-neutral [`Job`] and speaks its own wire format;
+//! adding an upstream means adding a module here, nothing else.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use crate::domain::{BackendKind, Job};
 use crate::error::ApiError;
-use crate::mapping::Job;
-use crate::settings::BackendKind;
 
+pub mod context;
 pub mod fal;
 pub mod local;
+
+pub use context::{JobContext, Stop};
 
 /// One image as a backend delivered it.
 #[derive(Clone, Debug)]
 pub enum ImageContent {
-    /// A remote address (fal's CDN).
+    /// A remote address (fal's CDN). Only for jobs whose delivery is `url`.
     Url(String),
     /// Standard base64 of the encoded image, already validated; usually a
     /// zero-copy slice of the upstream answer.
@@ -39,35 +41,19 @@ pub struct GeneratedImage {
 #[derive(Debug)]
 pub struct JobOutput {
     pub images: Vec<GeneratedImage>,
-    /// Time spent waiting in fal's queue, when known.
+    /// Time spent waiting in the upstream's queue, when known.
     pub queued: Option<Duration>,
     /// Time spent running, when known.
     pub running: Option<Duration>,
-}
-
-/// Deadline and cancellation for one job.
-#[derive(Clone, Debug)]
-pub struct JobContext {
-    pub deadline: Instant,
-    /// Fires when nobody waits for the answer any more, or at shutdown.
-    pub cancel: CancellationToken,
-    /// The seconds the deadline was set from, for the client's message.
-    pub timeout_seconds: u64,
-}
-
-impl JobContext {
-    pub fn timeout_error(&self) -> ApiError {
-        ApiError::UpstreamTimeout {
-            seconds: self.timeout_seconds,
-        }
-    }
 }
 
 pub trait ImageBackend: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
 
     /// Run one job to completion, honouring `ctx`: on deadline answer 504 and
-    /// on cancellation stop, both after cancelling any upstream work.
+    /// on cancellation stop, both after cancelling any upstream work. A job
+    /// whose delivery is `b64_json` gets its images inline (base64 or raw),
+    /// never as links.
     fn generate<'a>(
         &'a self,
         job: &'a Job,

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use image_gateway::config::{CacheScope, Secret};
 use image_gateway::fake_fal::{FakeConfig, Fault, FaultAction, Op};
-use image_gateway::settings::{CacheScope, Secret};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -261,7 +261,7 @@ async fn the_last_waiter_leaving_cancels_the_fal_job() {
 
     assert!(gone.is_err());
     eventually("the fal job is cancelled", || app.fal.cancelled_jobs() == 1).await;
-    assert!(app.gateway.flights.is_empty());
+    assert!(app.service.in_flight() == 0);
     let metrics = app.metrics().await;
     assert_eq!(
         series(&metrics, "image_gateway_client_disconnects_total", &[]),

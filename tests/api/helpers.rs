@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
+use image_gateway::app::Application;
+use image_gateway::config::{BackendChoice, Secret, Settings};
 use image_gateway::fake_fal::{FakeConfig, FakeFal};
-use image_gateway::gateway::Gateway;
-use image_gateway::settings::{BackendChoice, Secret, Settings};
-use image_gateway::startup::Application;
+use image_gateway::service::GenerationService;
 use serde_json::Value;
 
 pub const FAL_KEY: &str = "fal-test-key-0123456789";
@@ -18,7 +18,7 @@ pub struct TestApp {
     pub admin_address: Option<String>,
     pub fal: FakeFal,
     pub client: reqwest::Client,
-    pub gateway: Arc<Gateway>,
+    pub service: Arc<GenerationService>,
     pub handle: ServerHandle,
 }
 
@@ -68,7 +68,7 @@ pub async fn spawn_replica(fal: &FakeFal, configure: impl FnOnce(&mut Settings))
     let app = Application::build(settings).expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let admin_address = app.admin_port().map(|p| format!("http://127.0.0.1:{p}"));
-    let gateway = app.gateway();
+    let service = app.service();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
@@ -79,7 +79,7 @@ pub async fn spawn_replica(fal: &FakeFal, configure: impl FnOnce(&mut Settings))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client builds"),
-        gateway,
+        service,
         handle,
     }
 }

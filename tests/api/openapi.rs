@@ -12,11 +12,12 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use actix_web::ResponseError;
+use image_gateway::config::{BackendChoice, ModelSettings, Secret, Settings};
+use image_gateway::domain::{AspectRatio, ModelCatalog};
 use image_gateway::error::{ApiError, RateLimitHeaders};
-use image_gateway::mapping::{self, AspectRatio, ModelCatalog, OPENAI_SIZES, PlanLimits};
+use image_gateway::http::routes;
+use image_gateway::openai::validate::{self, OPENAI_SIZES, PlanLimits};
 use image_gateway::openai::{KNOWN_FIELDS, parse_generation_body};
-use image_gateway::routes;
-use image_gateway::settings::{BackendChoice, ModelSettings, Secret, Settings};
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -136,7 +137,7 @@ fn documented_routes() -> BTreeSet<(String, String)> {
 fn every_served_route_is_documented_and_every_documented_route_is_served() {
     let served: BTreeSet<(String, String)> = routes::served(true)
         .into_iter()
-        .map(|(m, p)| (m.to_owned(), normalise_template(&p)))
+        .map(|r| (r.method.to_owned(), normalise_template(&r.path)))
         .collect();
     let documented = documented_routes();
 
@@ -159,9 +160,9 @@ fn the_spec_names_this_version_of_the_gateway() {
 }
 
 #[test]
-fn only_probes_and_image_files_are_documented_as_open() {
-    // What middleware::require_key lets through without a key (metrics only
-    // when configured public, so it is documented as secured).
+fn the_routes_documented_as_open_are_the_route_tables_open_routes() {
+    // The middleware lets these through without a key (metrics only when
+    // configured public, so it is documented as secured).
     let open: BTreeSet<String> = spec()["paths"]
         .as_object()
         .unwrap()
@@ -174,17 +175,24 @@ fn only_probes_and_image_files_are_documented_as_open() {
                     .is_some_and(|s| s.as_array().is_some_and(Vec::is_empty))
             })
         })
-        .map(|(p, _)| p.clone())
+        .map(|(p, _)| normalise_template(p))
         .collect();
+    let table: BTreeSet<String> = routes::served(true)
+        .into_iter()
+        .filter(|r| r.access == routes::Access::Open)
+        .map(|r| normalise_template(&r.path))
+        .collect();
+    assert_eq!(open, table);
+    // And what the table opens is only probes and image files.
     let expected: BTreeSet<String> = [
         "/healthz",
         "/readyz",
-        "/v1/images/files/{name}",
-        "/images/files/{name}",
+        "/v1/images/files/{}",
+        "/images/files/{}",
     ]
     .map(str::to_owned)
     .into();
-    assert_eq!(open, expected);
+    assert_eq!(table, expected);
     assert_eq!(spec()["security"], json!([{"bearerAuth": []}]));
 }
 
@@ -192,7 +200,7 @@ fn only_probes_and_image_files_are_documented_as_open() {
 // The generation request: documented rules == the validation code's rules.
 
 fn catalog() -> ModelCatalog {
-    ModelCatalog::from_settings(&ModelSettings::default()).expect("default models")
+    ModelSettings::default().catalog().expect("default models")
 }
 
 /// `Ok` if the gateway accepts the body, else the error's `param`.
@@ -202,7 +210,7 @@ fn verdict(body: &Value) -> Result<(), Option<String>> {
     };
     let err = |e: ApiError| e.param().map(str::to_owned);
     let parsed = parse_generation_body(body.to_string().as_bytes()).map_err(err)?;
-    mapping::plan(&parsed.request, parsed.unknown_fields, &catalog(), limits)
+    validate::plan(&parsed.request, parsed.unknown_fields, &catalog(), limits)
         .map(|_| ())
         .map_err(err)
 }
@@ -233,7 +241,7 @@ fn admits_null(prop: &Value) -> bool {
 #[test]
 fn the_documented_fields_are_the_fields_the_gateway_knows() {
     let documented: BTreeSet<&str> = request_properties().keys().map(String::as_str).collect();
-    let known: BTreeSet<&str> = KNOWN_FIELDS.into_iter().collect();
+    let known: BTreeSet<&str> = KNOWN_FIELDS.iter().copied().collect();
     assert_eq!(documented, known);
     assert_eq!(
         schema("ImageGenerationRequest")["additionalProperties"],
@@ -384,7 +392,7 @@ fn documented_integer_ranges_are_the_ranges_the_gateway_accepts() {
     );
     assert_eq!(
         request_properties()["n"]["maximum"],
-        mapping::MAX_IMAGES,
+        validate::MAX_IMAGES,
         "n's maximum is the gateway's"
     );
 }

@@ -3,14 +3,16 @@
 //! panic; and valid plans keep the mapping's invariants.
 
 use actix_web::ResponseError;
-use image_gateway::mapping::{self, AspectRatio, ModelCatalog, PlanLimits};
+use image_gateway::cache::CacheKey;
+use image_gateway::config::ModelSettings;
+use image_gateway::domain::{AspectRatio, ModelCatalog};
+use image_gateway::openai::validate::{self, PlanLimits};
 use image_gateway::openai::{KNOWN_FIELDS, parse_generation_body};
-use image_gateway::settings::ModelSettings;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 fn catalog() -> ModelCatalog {
-    ModelCatalog::from_settings(&ModelSettings::default()).unwrap()
+    ModelSettings::default().catalog().unwrap()
 }
 
 const LIMITS: PlanLimits = PlanLimits {
@@ -88,14 +90,14 @@ proptest! {
     fn arbitrary_requests_plan_or_fail_with_a_known_param(req in any_request()) {
         let bytes = serde_json::to_vec(&req).unwrap();
         let result = parse_generation_body(&bytes)
-            .and_then(|p| mapping::plan(&p.request, p.unknown_fields, &catalog(), LIMITS));
+            .and_then(|p| validate::plan(&p.request, p.unknown_fields, &catalog(), LIMITS));
         match result {
             Ok(plan) => {
                 let jobs = plan.jobs();
-                prop_assert_eq!(jobs.iter().map(|j| u32::from(j.input.num_images)).sum::<u32>(), u32::from(plan.n));
-                prop_assert!(jobs.iter().all(|j| (1..=4).contains(&j.input.num_images)));
+                prop_assert_eq!(jobs.iter().map(|j| u32::from(j.num_images)).sum::<u32>(), u32::from(plan.n));
+                prop_assert!(jobs.iter().all(|j| (1..=4).contains(&j.num_images)));
                 prop_assert!((1..=10).contains(&plan.n));
-                prop_assert_eq!(plan.cache_key(None), plan.cache_key(None));
+                prop_assert_eq!(CacheKey::of(&plan, None), CacheKey::of(&plan, None));
             }
             Err(e) => {
                 let status = e.status_code().as_u16();
@@ -109,7 +111,7 @@ proptest! {
 
     #[test]
     fn any_size_string_maps_or_fails_on_size(size in "[-+0-9a-zA-Z. x]{0,14}") {
-        match mapping::aspect_ratio_for_size(Some(&size)) {
+        match validate::aspect_ratio_for_size(Some(&size)) {
             Ok(_) => {}
             Err(e) => prop_assert_eq!(e.param(), Some("size")),
         }
@@ -117,7 +119,7 @@ proptest! {
 
     #[test]
     fn valid_dimensions_map_to_the_nearest_ratio_in_log_space(w in 64u32..=4096, h in 64u32..=4096) {
-        let result = mapping::aspect_ratio_for_size(Some(&format!("{w}x{h}")));
+        let result = validate::aspect_ratio_for_size(Some(&format!("{w}x{h}")));
         let ratio = f64::from(w.max(h)) / f64::from(w.min(h));
         if ratio > 3.0 {
             prop_assert!(result.is_err());

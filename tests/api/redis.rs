@@ -10,9 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use image_gateway::cache::CacheKey;
+use image_gateway::config::{BackendChoice, ModelSettings, RedisUrl, Settings};
 use image_gateway::fake_fal::{FakeConfig, FakeFal, Op};
-use image_gateway::mapping::{ModelCatalog, PlanLimits};
-use image_gateway::settings::{BackendChoice, ModelSettings, RedisUrl, Settings};
+use image_gateway::openai::PlanLimits;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -153,8 +154,8 @@ fn slow_fal(queue_ms: u64) -> FakeFal {
 /// The Redis key of the lock for a request body, as the gateway names it.
 fn lock_key(body: &Value) -> String {
     let parsed = image_gateway::openai::parse_generation_body(body.to_string().as_bytes()).unwrap();
-    let catalog = ModelCatalog::from_settings(&ModelSettings::default()).unwrap();
-    let plan = image_gateway::mapping::plan(
+    let catalog = ModelSettings::default().catalog().unwrap();
+    let plan = image_gateway::openai::plan(
         &parsed.request,
         parsed.unknown_fields,
         &catalog,
@@ -163,10 +164,7 @@ fn lock_key(body: &Value) -> String {
         },
     )
     .unwrap();
-    format!(
-        "image-gateway:fal:lock:{}",
-        hex::encode(plan.cache_key(None).0)
-    )
+    format!("image-gateway:fal:lock:{}", CacheKey::of(&plan, None).hex())
 }
 
 fn header(res: &reqwest::Response, name: &str) -> Option<String> {

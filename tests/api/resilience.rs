@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use image_gateway::config::Secret;
 use image_gateway::fake_fal::{FakeConfig, Fault, FaultAction, Op};
-use image_gateway::settings::Secret;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -30,7 +30,7 @@ const FROM_FAL: (&str, &str) = ("x-fal-request-id", "fal-req-1");
 
 /// Nothing of a finished request may linger: no flight, no job slot.
 async fn assert_nothing_left(app: &TestApp) {
-    eventually("flights drained", || app.gateway.flights.is_empty()).await;
+    eventually("flights drained", || app.service.in_flight() == 0).await;
     let m = app.metrics().await;
     assert_eq!(
         series(&m, "image_gateway_upstream_jobs_in_flight", &[]),

@@ -1,0 +1,264 @@
+//! The application: shared state built once ([`wiring`]), the API listener,
+//! the optional admin listener, and graceful shutdown ([`shutdown`]).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::domain::BackendKind;
+use crate::http::AppState;
+use crate::http::middleware::{edge, require_key};
+use crate::http::{routes, unsupported};
+use crate::metrics::Metrics;
+use crate::service::GenerationService;
+
+mod shutdown;
+mod wiring;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot bind {what} to {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Time after the grace period for cancelled requests to be answered.
+const SHUTDOWN_MARGIN_SECONDS: u64 = 3;
+
+/// Owns the runtime flights and upstream calls run on. Shut down in the
+/// background on drop, so dropping it inside async code (tests) is safe.
+struct UpstreamRuntime(Option<tokio::runtime::Runtime>);
+
+impl UpstreamRuntime {
+    fn start(threads: usize) -> Result<Self, StartupError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("upstream")
+            .enable_all()
+            .build()
+            .map(|rt| Self(Some(rt)))
+            .map_err(|e| StartupError::Setup(format!("cannot start the upstream runtime: {e}")))
+    }
+
+    fn handle(&self) -> Result<tokio::runtime::Handle, StartupError> {
+        self.0
+            .as_ref()
+            .map(|rt| rt.handle().clone())
+            .ok_or_else(|| StartupError::Setup("no upstream runtime".into()))
+    }
+}
+
+impl Drop for UpstreamRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub struct Application {
+    server: Server,
+    admin: Option<Server>,
+    port: u16,
+    admin_port: Option<u16>,
+    service: Arc<GenerationService>,
+    grace: Duration,
+    _runtime: UpstreamRuntime,
+}
+
+fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+        what,
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+impl Application {
+    /// Build everything and bind the listeners (port 0 picks a free port).
+    /// Must be called inside an actix system (`#[actix_web::main]` or
+    /// `#[actix_web::test]`).
+    pub fn build(settings: Settings) -> Result<Self, StartupError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let metrics = Arc::new(Metrics::new());
+        let kind = settings.backend_kind();
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), kind.as_str()])
+            .set(1);
+        let runtime = UpstreamRuntime::start(cores.min(4))?;
+        let service = wiring::service(&settings, &metrics, runtime.handle()?, TaskTracker::new())?;
+        let state = wiring::state(&settings, service.clone(), metrics)?;
+        log_start(&settings, kind, &state);
+
+        let listener = bind("server.listen", &settings.server.listen)?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "listening on {addr}");
+        }
+        let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
+        let workers = match settings.server.workers {
+            0 => cores,
+            n => n,
+        };
+        let server = api_server(&settings, state.clone(), listener, workers, grace)?;
+        let (admin, admin_port) = match admin_listener(&settings)? {
+            Some(listener) => {
+                let admin_port = listener.local_addr().map(|a| a.port()).ok();
+                (Some(admin_server(&settings, state, listener)?), admin_port)
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            server,
+            admin,
+            port,
+            admin_port,
+            service,
+            grace,
+            _runtime: runtime,
+        })
+    }
+
+    /// The API port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The admin (metrics) port, when `metrics.listen` is set.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_port
+    }
+
+    pub fn service(&self) -> Arc<GenerationService> {
+        self.service.clone()
+    }
+
+    /// A handle that stops the API server (graceful when asked).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serve until SIGTERM/SIGINT (or a handle's `stop`): stop accepting,
+    /// give in-flight requests `server.shutdown_grace_seconds`, then cancel
+    /// what remains upstream and wait briefly for those cancellations.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        shutdown::serve_until_stopped(self.server, self.admin, &self.service, self.grace).await
+    }
+}
+
+/// The API listener: every route, behind the edge and auth middleware.
+fn api_server(
+    settings: &Settings,
+    state: web::Data<AppState>,
+    listener: TcpListener,
+    workers: usize,
+    grace: Duration,
+) -> Result<Server, StartupError> {
+    let serve_metrics = settings.metrics.enabled && settings.metrics.listen.is_empty();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(require_key))
+            .wrap(from_fn(edge))
+            .configure(|cfg| routes::configure(cfg, serve_metrics))
+            .default_service(web::to(unsupported::not_found))
+    })
+    .on_connect(crate::http::disconnect::on_connect)
+    .workers(workers)
+    .keep_alive(Duration::from_secs(settings.server.keep_alive_seconds))
+    .client_request_timeout(Duration::from_millis(
+        settings.server.client_header_timeout_ms,
+    ))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    // actix's own hard stop comes a little after our grace period, which
+    // cancels the remaining generations first (see `shutdown`).
+    .shutdown_timeout(grace.as_secs() + SHUTDOWN_MARGIN_SECONDS)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|source| StartupError::Bind {
+        what: "server.listen",
+        addr: settings.server.listen.clone(),
+        source,
+    })?;
+    Ok(server.run())
+}
+
+/// The admin listener's socket, when `/metrics` has an address of its own.
+fn admin_listener(settings: &Settings) -> Result<Option<TcpListener>, StartupError> {
+    if settings.metrics.enabled && !settings.metrics.listen.is_empty() {
+        bind("metrics.listen", &settings.metrics.listen).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The admin listener: metrics and probes, no auth.
+fn admin_server(
+    settings: &Settings,
+    state: web::Data<AppState>,
+    listener: TcpListener,
+) -> Result<Server, StartupError> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(edge))
+            .configure(routes::configure_admin)
+            .default_service(web::to(unsupported::not_found))
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|source| StartupError::Bind {
+        what: "metrics.listen",
+        addr: settings.metrics.listen.clone(),
+        source,
+    })?;
+    Ok(server.run())
+}
+
+/// The start-up log: the offline banner, an open-gateway warning, and what
+/// runs.
+fn log_start(settings: &Settings, kind: BackendKind, state: &AppState) {
+    match kind {
+        BackendKind::Local => tracing::warn!(
+            "\n************************************************************************\n\
+             *  OFFLINE MODE: no FAL_KEY is set, so images come from the built-in  *\n\
+             *  local renderer (deterministic pictures, not Imagen 4). Set FAL_KEY *\n\
+             *  (and optionally IMAGE_GATEWAY__BACKEND=fal) to generate with fal.  *\n\
+             ************************************************************************"
+        ),
+        BackendKind::Fal => tracing::info!(
+            queue_url = %settings.fal.queue_url,
+            run_url = %settings.fal.run_url,
+            mode = ?settings.fal.mode,
+            "using fal.ai"
+        ),
+    }
+    if state.auth.is_open() {
+        tracing::warn!(
+            "no client API keys are configured (auth.api_keys): the gateway is open to anyone who can reach it"
+        );
+    }
+    tracing::info!(
+        listen = %settings.server.listen,
+        backend = kind.as_str(),
+        cache = settings.cache.enabled,
+        redis = settings.cache.redis_url.is_set(),
+        models = state.catalog.models().len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "image-gateway starting"
+    );
+}

@@ -1,0 +1,159 @@
+//! Settings to parts: the backend, the caches, the generation service and
+//! the handlers' shared state, each built once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::web;
+use tokio_util::task::TaskTracker;
+
+use super::StartupError;
+use crate::auth::Auth;
+use crate::backend::ImageBackend;
+use crate::backend::fal::FalBackend;
+use crate::backend::fal::transport::{RetryPolicy, Upstream, build_client};
+use crate::backend::local::LocalBackend;
+use crate::cache::{MemoryCache, RedisCache};
+use crate::config::Settings;
+use crate::domain::BackendKind;
+use crate::files::FileStore;
+use crate::http::AppState;
+use crate::limits::KeyLimits;
+use crate::metrics::Metrics;
+use crate::openai::PlanLimits;
+use crate::service::limiter::JobLimiter;
+use crate::service::{GenerationService, ServiceParts};
+
+/// The image backend the settings choose.
+fn backend(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    tasks: &TaskTracker,
+) -> Result<Arc<dyn ImageBackend>, StartupError> {
+    match (settings.backend_kind(), &settings.fal.key) {
+        (BackendKind::Fal, Some(key)) => {
+            let fal = &settings.fal;
+            let http = build_client(fal)
+                .map_err(|e| StartupError::Setup(format!("cannot build the HTTP client: {e}")))?;
+            let upstream = Arc::new(Upstream {
+                http,
+                max_response_bytes: fal.max_response_bytes,
+                call_timeout: Duration::from_secs(fal.call_timeout_seconds),
+                retry: RetryPolicy {
+                    max_retries: fal.max_retries,
+                    base: Duration::from_millis(fal.retry_base_delay_ms),
+                    cap: Duration::from_millis(fal.retry_max_delay_ms),
+                },
+                metrics: metrics.clone(),
+            });
+            let backend =
+                FalBackend::new(fal, key, upstream, tasks.clone()).map_err(StartupError::Setup)?;
+            Ok(Arc::new(backend))
+        }
+        (BackendKind::Fal, None) => Err(StartupError::Setup("backend `fal` needs FAL_KEY".into())),
+        (BackendKind::Local, _) => Ok(Arc::new(LocalBackend::new(Duration::from_millis(
+            settings.local.delay_ms,
+        )))),
+    }
+}
+
+/// The memory cache and, when configured, the shared Redis level.
+fn caches(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(Option<MemoryCache>, Option<Arc<RedisCache>>), StartupError> {
+    let c = &settings.cache;
+    let memory = c.enabled.then(|| {
+        MemoryCache::new(
+            c.max_bytes,
+            Duration::from_secs(c.ttl_seconds),
+            metrics.clone(),
+        )
+    });
+    let shared = match (c.enabled, c.redis_url.is_set()) {
+        (true, true) => Some(Arc::new(
+            RedisCache::new(c, settings.backend_kind(), metrics.clone(), runtime.clone())
+                .map_err(StartupError::Setup)?,
+        )),
+        (false, true) => {
+            tracing::warn!(
+                "cache.redis_url is set but cache.enabled is false: the shared cache is not used"
+            );
+            None
+        }
+        _ => None,
+    };
+    Ok((memory, shared))
+}
+
+/// The generation service, with its background work (the Redis probe) on
+/// `runtime` and tracked by `tasks`.
+pub fn service(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    tasks: TaskTracker,
+) -> Result<Arc<GenerationService>, StartupError> {
+    let backend = backend(settings, metrics, &tasks)?;
+    let (cache, shared_cache) = caches(settings, metrics, &runtime)?;
+    let service = GenerationService::new(ServiceParts {
+        backend,
+        files: Arc::new(FileStore::new(
+            settings.files.max_bytes,
+            Duration::from_secs(settings.files.ttl_seconds),
+        )),
+        cache,
+        shared_cache: shared_cache.clone(),
+        limiter: JobLimiter::new(
+            settings.limits.max_concurrent_jobs,
+            settings.limits.max_queued_jobs,
+            metrics.clone(),
+        ),
+        metrics: metrics.clone(),
+        request_timeout: Duration::from_secs(settings.server.request_timeout_seconds),
+        runtime: runtime.clone(),
+        tasks: tasks.clone(),
+    });
+    if let Some(l2) = shared_cache {
+        tracing::info!(redis = %l2.redacted_url(), "shared second-level cache in Redis");
+        tasks.spawn_on(l2.watch(service.stopping_token()), &runtime);
+    }
+    Ok(service)
+}
+
+/// What every handler shares.
+pub fn state(
+    settings: &Settings,
+    service: Arc<GenerationService>,
+    metrics: Arc<Metrics>,
+) -> Result<web::Data<AppState>, StartupError> {
+    let catalog = settings
+        .models
+        .catalog()
+        .map_err(|e| StartupError::Setup(e.to_string()))?;
+    let public_base_url = Some(settings.server.public_base_url.trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
+    Ok(web::Data::new(AppState {
+        service,
+        catalog,
+        auth: Auth::new(&settings.auth.api_keys),
+        limits: KeyLimits::new(
+            settings.limits.requests_per_minute,
+            settings.limits.images_per_minute,
+        ),
+        metrics,
+        metrics_public: settings.metrics.public,
+        fal_mode: settings.fal.mode,
+        public_base_url,
+        plan_limits: PlanLimits {
+            max_prompt_chars: settings.server.max_prompt_chars,
+        },
+        max_body_bytes: settings.server.max_body_bytes,
+        body_timeout: Duration::from_millis(settings.server.client_body_timeout_ms),
+        cache_scope: settings.cache.scope,
+        stream_keepalive: Duration::from_secs(settings.server.stream_keepalive_seconds),
+        started: Instant::now(),
+    }))
+}

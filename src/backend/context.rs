@@ -1,0 +1,61 @@
+//! The deadline and cancellation every piece of upstream work runs under,
+//! and the one place work is raced against them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+
+/// Why work stopped before it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Nobody waits any more (clients gone, a sibling job failed, shutdown).
+    Cancelled,
+    /// The request deadline passed.
+    Deadline,
+}
+
+/// Deadline and cancellation for one job.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    pub deadline: Instant,
+    /// Fires when nobody waits for the answer any more, or at shutdown.
+    pub cancel: CancellationToken,
+    /// The seconds the deadline was set from, for the client's message.
+    pub timeout_seconds: u64,
+}
+
+impl JobContext {
+    /// Run `work` until it finishes, the context is cancelled or the
+    /// deadline passes, whichever comes first.
+    pub async fn race<T>(&self, work: impl Future<Output = T>) -> Result<T, Stop> {
+        tokio::select! {
+            value = work => Ok(value),
+            () = self.cancel.cancelled() => Err(Stop::Cancelled),
+            () = tokio::time::sleep_until(self.deadline) => Err(Stop::Deadline),
+        }
+    }
+
+    /// Sleep for `delay`, unless the context ends first.
+    pub async fn sleep(&self, delay: Duration) -> Result<(), Stop> {
+        self.race(tokio::time::sleep(delay)).await
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// What a client hears when its work stopped.
+    pub fn error(&self, stop: Stop) -> ApiError {
+        match stop {
+            Stop::Cancelled => ApiError::ShuttingDown,
+            Stop::Deadline => ApiError::UpstreamTimeout {
+                seconds: self.timeout_seconds,
+            },
+        }
+    }
+}

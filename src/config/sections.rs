@@ -1,0 +1,311 @@
+//! The configuration sections, each with its built-in defaults. Every key
+//! here is listed in `deploy/config.example.toml` with its default and its
+//! environment variable (a test checks).
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::secret::{RedisUrl, Secret};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the API binds to.
+    pub listen: String,
+    /// Absolute base URL used to build links to images the gateway serves itself
+    /// (`/v1/images/files/{id}`). Empty: derived from each request's `Host`.
+    pub public_base_url: String,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Longest accepted prompt, in characters.
+    pub max_prompt_chars: usize,
+    /// Overall deadline for one generation, upstream polling included.
+    pub request_timeout_seconds: u64,
+    /// Time a client has to send its request head (slowloris guard).
+    pub client_header_timeout_ms: u64,
+    /// Time a client has to send its whole request body once the head arrived.
+    pub client_body_timeout_ms: u64,
+    /// Idle keep-alive for client connections.
+    pub keep_alive_seconds: u64,
+    /// On SIGTERM/SIGINT, time in-flight requests get to finish before the
+    /// remaining upstream jobs are cancelled.
+    pub shutdown_grace_seconds: u64,
+    /// Interval of SSE comment keep-alives on `stream: true` answers while
+    /// the image is generated (keeps proxies from closing idle streams).
+    pub stream_keepalive_seconds: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            public_base_url: String::new(),
+            workers: 0,
+            max_body_bytes: 1024 * 1024,
+            max_prompt_chars: 32_000,
+            request_timeout_seconds: 300,
+            client_header_timeout_ms: 5_000,
+            client_body_timeout_ms: 10_000,
+            keep_alive_seconds: 75,
+            shutdown_grace_seconds: 30,
+            stream_keepalive_seconds: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Client keys accepted as `Authorization: Bearer <key>`. Each entry is either
+    /// the key itself or `sha256:<64 hex digits>` of it. A comma-separated string
+    /// is accepted too (that is how the environment variable is written).
+    /// Empty: the gateway is open to anyone who can reach it.
+    #[serde(deserialize_with = "keys_from_list_or_csv")]
+    pub api_keys: Vec<Secret>,
+}
+
+fn keys_from_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        One(String),
+    }
+    let raw = Raw::deserialize(d)?;
+    let items = match raw {
+        Raw::List(items) => items,
+        Raw::One(csv) => csv.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .map(Secret::new)
+        .collect())
+}
+
+/// How generations are sent to fal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FalMode {
+    /// fal's queue: submit, watch status, fetch the result, cancel on deadline.
+    #[default]
+    Queue,
+    /// fal's synchronous host: one POST that returns the output.
+    Sync,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FalSettings {
+    /// The fal API key. Normally left unset here and given as `FAL_KEY`.
+    pub key: Option<Secret>,
+    /// Base URL of fal's queue host.
+    pub queue_url: String,
+    /// Base URL of fal's synchronous host.
+    pub run_url: String,
+    /// `queue` or `sync`.
+    pub mode: FalMode,
+    /// Watch job status over fal's server-sent-event stream instead of polling;
+    /// polling remains the fallback when the stream fails.
+    pub status_stream: bool,
+    /// Delay before the first status poll; later polls back off from it.
+    pub poll_initial_delay_ms: u64,
+    /// Longest delay between two status polls.
+    pub poll_max_delay_ms: u64,
+    /// Retries of one upstream call on what fal's own clients retry
+    /// (408, 409, 429, ingress 502/503/504, transport errors).
+    pub max_retries: u32,
+    /// First retry delay; doubles each attempt, with jitter.
+    pub retry_base_delay_ms: u64,
+    /// Cap on one retry delay.
+    pub retry_max_delay_ms: u64,
+    /// TCP connect timeout to fal.
+    pub connect_timeout_ms: u64,
+    /// Timeout of one upstream HTTP call (never beyond the request deadline).
+    pub call_timeout_seconds: u64,
+    /// Largest upstream answer read (results carrying base64 images included).
+    pub max_response_bytes: usize,
+    /// Idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for FalSettings {
+    fn default() -> Self {
+        Self {
+            key: None,
+            queue_url: "https://queue.fal.run".into(),
+            run_url: "https://fal.run".into(),
+            mode: FalMode::Queue,
+            status_stream: true,
+            poll_initial_delay_ms: 50,
+            poll_max_delay_ms: 1_000,
+            max_retries: 5,
+            retry_base_delay_ms: 100,
+            retry_max_delay_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            call_timeout_seconds: 60,
+            max_response_bytes: 64 * 1024 * 1024,
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// Whether cached images are shared between client keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// One cache for everyone: the same request from two keys is generated once.
+    #[default]
+    Global,
+    /// Entries are keyed by client key too: tenants never share images.
+    PerKey,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Cache identical requests and coalesce concurrent identical misses.
+    pub enabled: bool,
+    /// Upper bound on the memory of cached answers: their bytes plus about
+    /// 1 KiB of bookkeeping per entry (`cache::ENTRY_OVERHEAD_BYTES`).
+    pub max_bytes: u64,
+    /// How long an answer is reused. Keep it below the life of fal's result URLs.
+    pub ttl_seconds: u64,
+    /// `global` or `per_key`.
+    pub scope: CacheScope,
+    /// Redis as a second-level cache shared by every replica, e.g.
+    /// `redis://:password@redis:6379/0`. Empty: off (each replica has only its
+    /// own in-memory cache). Its password is never printed.
+    pub redis_url: RedisUrl,
+    /// Prefix of every key the gateway writes in Redis (entries and locks), so
+    /// several deployments can share one Redis database.
+    pub redis_key_prefix: String,
+    /// Bound on one Redis call (lookup, lock, probe). Reading or writing an
+    /// entry, which carries the images, may take four times as long. A call
+    /// that fails or takes longer marks Redis down until a probe succeeds.
+    pub redis_timeout_ms: u64,
+    /// Life of the fleet-wide generation lock. The replica generating
+    /// refreshes it every third of this, so it only bounds how long a
+    /// crashed replica can keep the others waiting.
+    pub redis_lock_ttl_ms: u64,
+    /// Longest time a replica waits for another replica's identical
+    /// generation before generating the image itself.
+    pub redis_wait_timeout_ms: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes: 256 * 1024 * 1024,
+            ttl_seconds: 1_800,
+            scope: CacheScope::Global,
+            redis_url: RedisUrl::default(),
+            redis_key_prefix: "image-gateway:".into(),
+            redis_timeout_ms: 250,
+            redis_lock_ttl_ms: 10_000,
+            redis_wait_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// The in-memory store behind `GET /v1/images/files/{id}`, which serves `url`
+/// answers for images the gateway holds itself (local backend, or fal data URIs).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileSettings {
+    /// How long a served image stays downloadable. Must be at least `cache.ttl_seconds`.
+    pub ttl_seconds: u64,
+    /// Upper bound on the bytes held.
+    pub max_bytes: u64,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 3_600,
+            max_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalSettings {
+    /// Artificial time each local generation takes, to imitate a real model.
+    pub delay_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Upstream generations (fal jobs, or local renders) running at once.
+    pub max_concurrent_jobs: usize,
+    /// Generations waiting for a slot; past this the gateway answers 429 at once.
+    pub max_queued_jobs: usize,
+    /// Per client key; 0 disables.
+    pub requests_per_minute: u32,
+    /// Per client key, counted in images (`n`); 0 disables.
+    pub images_per_minute: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_jobs: 1_024,
+            max_queued_jobs: 4_096,
+            requests_per_minute: 0,
+            images_per_minute: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// Serve `/metrics` on this separate admin address instead of the API listener.
+    /// Empty: on the API listener.
+    pub listen: String,
+    /// Serve `/metrics` without a client key even when keys are configured.
+    pub public: bool,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: String::new(),
+            public: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter such as `info` or `image_gateway=debug`; `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `POST /v1/images/generations`: read and validate the body, apply the
+//! per-key limits, answer from the cache or a generation, and write OpenAI's
+//! JSON (or its event stream).
+
+use std::convert::Infallible;
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder, web};
+
+use super::AppState;
+use super::{body, disconnect, stream};
+use crate::auth::ClientId;
+use crate::cache::{CacheDirectives, CacheStatus};
+use crate::config::CacheScope;
+use crate::domain::{BackendKind, Generation, GenerationPlan, ResponseFormat};
+use crate::error::{ApiError, RateLimitHeaders};
+use crate::openai::{self, parse_generation_body, response};
+use crate::service::Pending;
+
+pub async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    body::check_json_content_type(&req)?;
+    let body = body::read(&req, payload, state.max_body_bytes, state.body_timeout).await?;
+    let parsed = parse_generation_body(&body)?;
+    let mut plan = openai::plan(
+        &parsed.request,
+        parsed.unknown_fields,
+        &state.catalog,
+        state.plan_limits,
+    )?;
+    let client = req.extensions().get::<ClientId>().copied();
+    let limit_headers = if state.limits.is_enabled() {
+        let key = client.map_or_else(|| peer_key(&req), |c| c.0);
+        state
+            .limits
+            .check(&key, u32::from(plan.n), &state.metrics)?
+    } else {
+        Vec::new()
+    };
+    let tenant = match state.cache_scope {
+        CacheScope::PerKey => client.map(|c| c.0),
+        CacheScope::Global => None,
+    };
+    let directives = CacheDirectives::parse(
+        header_str(&req, header::CACHE_CONTROL),
+        header_str(&req, header::PRAGMA),
+    );
+    if plan.stream {
+        // Streamed images always travel as base64, as OpenAI's do.
+        plan.response_format = ResponseFormat::B64Json;
+        state.metrics.stream_requests.inc();
+    }
+
+    let (pending, status) = state
+        .service
+        .begin(&plan, tenant.as_ref().map(|t| &t[..]), directives)
+        .await?;
+    let backend = state.service.backend_kind();
+    let mut res = if plan.stream {
+        let mut head = HttpResponse::Ok();
+        let ready = match &pending {
+            Pending::Ready(g) => Some(&**g),
+            Pending::Waiting(_) => None,
+        };
+        generation_headers(&mut head, &plan, status, backend, ready);
+        let client_gone = disconnect::closed(&req);
+        stream::respond(head, plan, pending, state.stream_keepalive, client_gone)
+    } else {
+        let generation = match pending {
+            Pending::Ready(generation) => generation,
+            // Only a request that waits watches its client's socket (a dup,
+            // two epoll calls and a close): a cache hit is answered at once.
+            Pending::Waiting(waiter) => tokio::select! {
+                generation = waiter.wait() => generation?,
+                () = disconnect::closed(&req) => return Err(ApiError::ClientClosedRequest),
+            },
+        };
+        let mut head = HttpResponse::Ok();
+        generation_headers(&mut head, &plan, status, backend, Some(&generation));
+        json_answer(head, &generation, &base_url(&req, &state))
+    };
+    add_limit_headers(res.headers_mut(), &limit_headers);
+    Ok(res)
+}
+
+/// OpenAI's JSON, written as chunks that share the image bytes.
+fn json_answer(mut head: HttpResponseBuilder, g: &Generation, base_url: &str) -> HttpResponse {
+    let (len, mut chunks) = response::json_chunks(g, base_url);
+    head.insert_header((header::CONTENT_TYPE, "application/json"));
+    if chunks.len() == 1 {
+        head.body(chunks.pop().unwrap_or_default())
+    } else {
+        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>));
+        head.body(SizedStream::new(len, stream))
+    }
+}
+
+/// Headers every generation answer carries (JSON or stream). `generation`
+/// is the answer when it is already known (a stream may still be waiting).
+fn generation_headers(
+    res: &mut HttpResponseBuilder,
+    plan: &GenerationPlan,
+    status: CacheStatus,
+    backend: BackendKind,
+    generation: Option<&Generation>,
+) {
+    res.insert_header(("x-cache", status.header()));
+    if let (Some(level), Some(g)) = (status.level(), generation) {
+        res.insert_header(("x-cache-level", level));
+        res.insert_header((header::AGE, g.produced_at.elapsed().as_secs().to_string()));
+    }
+    let backend = generation.map_or(backend, |g| g.backend);
+    res.insert_header(("x-image-gateway-backend", backend.as_str()));
+    res.insert_header(("x-image-gateway-model", plan.model.id.as_str()));
+    if !plan.ignored_fields.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&plan.ignored_fields.join(","))
+    {
+        res.insert_header(("x-image-gateway-ignored-fields", v));
+    }
+}
+
+fn add_limit_headers(headers: &mut header::HeaderMap, limits: &[RateLimitHeaders]) {
+    for h in limits {
+        for (name, value) in h.pairs() {
+            if let (Ok(n), Ok(v)) = (
+                header::HeaderName::try_from(name),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+    }
+}
+
+/// Without client keys, rate limits apply per caller address.
+fn peer_key(req: &HttpRequest) -> [u8; 32] {
+    use sha2::Digest;
+    let ip = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    sha2::Sha256::digest(ip.as_bytes()).into()
+}
+
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Where links to `/v1/images/files/...` point: the configured public URL,
+/// or this request's own scheme and host.
+fn base_url(req: &HttpRequest, state: &AppState) -> String {
+    match &state.public_base_url {
+        Some(url) => url.clone(),
+        None => {
+            let ci = req.connection_info();
+            format!("{}://{}", ci.scheme(), ci.host())
+        }
+    }
+}

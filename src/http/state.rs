@@ -1,0 +1,34 @@
+//! The state every handler shares, built once before the HTTP server starts
+//! so all workers share one service, one cache and one registry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::Auth;
+use crate::config::{CacheScope, FalMode};
+use crate::domain::ModelCatalog;
+use crate::limits::KeyLimits;
+use crate::metrics::Metrics;
+use crate::openai::PlanLimits;
+use crate::service::GenerationService;
+
+pub struct AppState {
+    pub service: Arc<GenerationService>,
+    pub catalog: ModelCatalog,
+    pub auth: Auth,
+    /// Per-key rate limits (may be disabled).
+    pub limits: KeyLimits,
+    pub metrics: Arc<Metrics>,
+    /// `/metrics` needs no key.
+    pub metrics_public: bool,
+    pub fal_mode: FalMode,
+    /// `server.public_base_url` without a trailing slash, if set.
+    pub public_base_url: Option<String>,
+    pub plan_limits: PlanLimits,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub cache_scope: CacheScope,
+    /// Interval of SSE comment keep-alives while a streamed image is made.
+    pub stream_keepalive: Duration,
+    pub started: Instant,
+}

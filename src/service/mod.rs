@@ -1,0 +1,403 @@
+//! The generation service the HTTP handlers call: cache lookup,
+//! single-flight, the upstream concurrency limit, running a plan's jobs on
+//! the backend, and turning what the backend delivered into what the client
+//! asked for. It never names an upstream: backends hide their protocols.
+//!
+//! The path of one request: [`GenerationService::begin`] answers from the
+//! memory cache, or joins an identical flight, or starts one. A flight runs
+//! as its own task on the upstream runtime (so it outlives a disconnected
+//! leader, and shutdown can still cancel upstream jobs after the HTTP
+//! workers stopped): it asks the shared cache and the fleet first when
+//! there is one ([`fleet`]), else generates ([`GenerationService::produce`]),
+//! and stores what it got.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
+use crate::cache::{CacheDirectives, CacheKey, CacheStatus, MemoryCache, RedisCache};
+use crate::domain::{BackendKind, Generation, GenerationPlan, Image, Job, ResponseFormat};
+use crate::error::ApiError;
+use crate::files::FileStore;
+use crate::metrics::Metrics;
+
+mod fleet;
+pub mod flights;
+pub mod limiter;
+
+use flights::{Flight, FlightResult, Flights, Joined, Source, Waiter};
+use limiter::JobLimiter;
+
+/// A generation ready now, or one to wait for.
+pub enum Pending {
+    Ready(Arc<Generation>),
+    Waiting(Waiter),
+}
+
+/// The cache keys a flight uses: `shared` lets identical requests join it
+/// and answers from the caches (absent with `no-cache`); `store` keeps its
+/// answer (absent with `no-store`).
+#[derive(Clone, Copy)]
+struct FlightKeys {
+    shared: Option<CacheKey>,
+    store: Option<CacheKey>,
+}
+
+/// Everything the service is built from.
+pub struct ServiceParts {
+    pub backend: Arc<dyn ImageBackend>,
+    pub files: Arc<FileStore>,
+    pub cache: Option<MemoryCache>,
+    pub shared_cache: Option<Arc<RedisCache>>,
+    pub limiter: JobLimiter,
+    pub metrics: Arc<Metrics>,
+    pub request_timeout: Duration,
+    /// Where flights run.
+    pub runtime: tokio::runtime::Handle,
+    /// Tasks awaited at shutdown (flights, upstream cancellations).
+    pub tasks: TaskTracker,
+}
+
+pub struct GenerationService {
+    backend: Arc<dyn ImageBackend>,
+    files: Arc<FileStore>,
+    cache: Option<MemoryCache>,
+    shared_cache: Option<Arc<RedisCache>>,
+    flights: Arc<Flights>,
+    limiter: JobLimiter,
+    metrics: Arc<Metrics>,
+    request_timeout: Duration,
+    runtime: tokio::runtime::Handle,
+    /// Cancelled at shutdown; every flight's token is its child.
+    stopping: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl GenerationService {
+    pub fn new(parts: ServiceParts) -> Arc<Self> {
+        Arc::new(Self {
+            flights: Flights::new(parts.metrics.clone()),
+            backend: parts.backend,
+            files: parts.files,
+            cache: parts.cache,
+            shared_cache: parts.shared_cache,
+            limiter: parts.limiter,
+            metrics: parts.metrics,
+            request_timeout: parts.request_timeout,
+            runtime: parts.runtime,
+            stopping: CancellationToken::new(),
+            tasks: parts.tasks,
+        })
+    }
+
+    /// Decide how a plan is answered: from the cache (`Ready`), or by waiting
+    /// on an identical in-flight job or a new one (`Waiting`). Callers send
+    /// `x-cache` from the returned status before waiting, so a stream can
+    /// start before the images exist.
+    pub async fn begin(
+        self: &Arc<Self>,
+        plan: &GenerationPlan,
+        tenant: Option<&[u8]>,
+        directives: CacheDirectives,
+    ) -> Result<(Pending, CacheStatus), ApiError> {
+        if self.stopping.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let key = self.cache.as_ref().map(|_| CacheKey::of(plan, tenant));
+        if let (Some(cache), Some(key)) = (&self.cache, key)
+            && !directives.no_cache
+            && let Some(generation) = cache.get(&key).await
+        {
+            self.metrics.count_lookup(CacheStatus::Hit.result());
+            return Ok((Pending::Ready(generation), CacheStatus::Hit));
+        }
+        // `no-cache` never joins others: it asked for a fresh generation.
+        let keys = FlightKeys {
+            shared: key.filter(|_| !directives.no_cache),
+            store: key.filter(|_| !directives.no_store),
+        };
+        let (joined, flight) = self
+            .flights
+            .join_or_start(keys.shared, || Flight::new(self.stopping.child_token()));
+        let (waiter, status) = match joined {
+            Joined::Follower(w) => (w, CacheStatus::Coalesced),
+            Joined::Leader(w) => {
+                self.spawn_flight(plan.clone(), flight, keys);
+                // Only with a shared cache can the answer come from elsewhere.
+                let source = if self.shared_cache.is_some() && keys.shared.is_some() {
+                    w.source().await
+                } else {
+                    Source::Generate
+                };
+                match source {
+                    Source::Shared => {
+                        let generation = w.wait().await?;
+                        self.metrics.count_lookup(CacheStatus::SharedHit.result());
+                        return Ok((Pending::Ready(generation), CacheStatus::SharedHit));
+                    }
+                    Source::Remote => (w, CacheStatus::Coalesced),
+                    Source::Generate if keys.shared.is_some() => (w, CacheStatus::Miss),
+                    Source::Generate => (w, CacheStatus::Bypass),
+                }
+            }
+        };
+        self.metrics.count_lookup(status.result());
+        Ok((Pending::Waiting(waiter), status))
+    }
+
+    fn spawn_flight(self: &Arc<Self>, plan: GenerationPlan, flight: Arc<Flight>, keys: FlightKeys) {
+        let service = self.clone();
+        self.tasks.spawn_on(
+            async move {
+                let result = service.fly(&plan, &flight, keys).await;
+                flight.finish(result);
+                if let Some(key) = keys.shared {
+                    service.flights.remove(&key, &flight);
+                }
+            },
+            &self.runtime,
+        );
+    }
+
+    /// One flight: the caches and the fleet first, else a generation here;
+    /// what it got is kept in memory unless `no-store`.
+    async fn fly(&self, plan: &GenerationPlan, flight: &Flight, keys: FlightKeys) -> FlightResult {
+        // An identical flight may have finished between this request's cache
+        // miss and its registering as a leader.
+        if let (Some(cache), Some(key)) = (&self.cache, keys.shared)
+            && let Some(generation) = cache.get(&key).await
+        {
+            return Ok(generation);
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let generation = match (&self.shared_cache, keys.shared) {
+            (Some(l2), Some(key)) => {
+                fleet::fill(self, l2, key, keys.store.is_some(), plan, flight, deadline).await?
+            }
+            _ => {
+                flight.set_source(Source::Generate);
+                self.produce(plan, &flight.token, deadline).await?
+            }
+        };
+        let generation = Arc::new(generation);
+        if let (Some(cache), Some(key)) = (&self.cache, keys.store) {
+            cache.insert(key, generation.clone()).await;
+        }
+        Ok(generation)
+    }
+
+    /// Run a plan's jobs and deliver the images in the requested form.
+    async fn produce(
+        &self,
+        plan: &GenerationPlan,
+        token: &CancellationToken,
+        deadline: Instant,
+    ) -> Result<Generation, ApiError> {
+        let jobs = plan.jobs();
+        let ctx = JobContext {
+            deadline,
+            cancel: token.clone(),
+            timeout_seconds: self.request_timeout.as_secs(),
+        };
+        let _slots = self.limiter.acquire(jobs.len() as u32, &ctx).await?;
+        self.metrics.jobs_in_flight.add(jobs.len() as i64);
+        let outputs = self.run_jobs(&jobs, &ctx).await;
+        self.metrics.jobs_in_flight.sub(jobs.len() as i64);
+        let outputs = outputs?;
+
+        let mut images = Vec::with_capacity(usize::from(plan.n));
+        let mut dims = None;
+        for output in outputs {
+            for image in output.images {
+                if dims.is_none() {
+                    dims = image.width.zip(image.height);
+                }
+                images.push(self.deliver(image, plan).await?);
+            }
+        }
+        let (w, h) = dims.unwrap_or_else(|| plan.aspect_ratio.imagen_dimensions());
+        Ok(Generation {
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            produced_at: std::time::Instant::now(),
+            size: format!("{w}x{h}"),
+            output_format: plan.output_format,
+            response_format: plan.response_format,
+            images,
+            backend: self.backend.kind(),
+        })
+    }
+
+    /// All jobs in parallel; the first failure cancels the others (which
+    /// cancel their upstream jobs) and is the answer.
+    async fn run_jobs(&self, jobs: &[Job], ctx: &JobContext) -> Result<Vec<JobOutput>, ApiError> {
+        let siblings = ctx.cancel.child_token();
+        let job_ctx = JobContext {
+            cancel: siblings.clone(),
+            ..ctx.clone()
+        };
+        let results = futures_util::future::join_all(jobs.iter().map(|job| {
+            let job_ctx = &job_ctx;
+            let siblings = &siblings;
+            async move {
+                let started = Instant::now();
+                let result = self.backend.generate(job, job_ctx).await;
+                self.record_job(job, &result, started.elapsed());
+                if result.is_err() {
+                    siblings.cancel();
+                }
+                result
+            }
+        }))
+        .await;
+        let mut outputs = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(o) => outputs.push(o),
+                // Prefer the error that caused the cancellation over the
+                // cancellations it caused.
+                Err(e) => {
+                    if first_error.is_none() || matches!(first_error, Some(ApiError::ShuttingDown))
+                    {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(outputs),
+        }
+    }
+
+    fn record_job(&self, job: &Job, result: &Result<JobOutput, ApiError>, total: Duration) {
+        let model = job.model_id.as_ref();
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => return self.metrics.observe_job(model, e.outcome_label()),
+        };
+        self.metrics.observe_job(model, "success");
+        let phases = [
+            ("total", Some(total)),
+            ("queued", out.queued),
+            ("running", out.running),
+        ];
+        for (phase, took) in phases {
+            if let Some(took) = took {
+                self.metrics
+                    .job_duration
+                    .with_label_values(&[model, phase])
+                    .observe(took.as_secs_f64());
+            }
+        }
+        self.metrics
+            .images_generated
+            .with_label_values(&[model, job.aspect_ratio.as_str(), job.output_format.as_str()])
+            .inc_by(out.images.len() as u64);
+    }
+
+    /// One image in the form the client asked for: base64 text, a remote
+    /// link, or a file this gateway serves.
+    async fn deliver(
+        &self,
+        image: GeneratedImage,
+        plan: &GenerationPlan,
+    ) -> Result<Image, ApiError> {
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        match (plan.response_format, image.content) {
+            (ResponseFormat::B64Json, ImageContent::Base64(text)) => Ok(Image::Base64(text)),
+            (ResponseFormat::B64Json, ImageContent::Raw(raw)) => {
+                Ok(Image::Base64(Bytes::from(b64.encode(raw))))
+            }
+            (ResponseFormat::B64Json, ImageContent::Url(_)) => Err(ApiError::Upstream {
+                message:
+                    "The image backend answered with a link where the image itself was required."
+                        .into(),
+            }),
+            (ResponseFormat::Url, ImageContent::Url(url)) => Ok(Image::Url(url.into())),
+            (ResponseFormat::Url, ImageContent::Raw(raw)) => {
+                Ok(Image::File(self.files.put(raw, plan.output_format).await))
+            }
+            (ResponseFormat::Url, ImageContent::Base64(text)) => {
+                let raw = b64.decode(&text).map_err(|_| ApiError::Upstream {
+                    message: "The image backend answered with a data URI that is not base64."
+                        .into(),
+                })?;
+                Ok(Image::File(
+                    self.files.put(Bytes::from(raw), plan.output_format).await,
+                ))
+            }
+        }
+    }
+
+    /// The image files behind `url` answers the gateway serves itself.
+    pub fn files(&self) -> &FileStore {
+        &self.files
+    }
+
+    /// The memory cache's (entries, bytes), when the cache is on.
+    pub async fn cache_usage(&self) -> Option<(u64, u64)> {
+        match &self.cache {
+            Some(cache) => Some(cache.usage().await),
+            None => None,
+        }
+    }
+
+    pub fn cache_enabled(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// `None` without a shared cache; else whether Redis answers.
+    pub fn shared_cache_up(&self) -> Option<bool> {
+        self.shared_cache.as_ref().map(|l2| l2.is_up())
+    }
+
+    pub fn backend_kind(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// Generations in flight now (one per distinct request being made).
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    /// Cancelled when shutdown begins, for background work to stop by.
+    pub fn stopping_token(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
+    /// Cancel every flight: their upstream jobs are cancelled and their
+    /// clients get a retryable 503.
+    pub fn cancel_all(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Stop: cancel every flight and wait, up to `grace`, for them and for
+    /// the upstream cancellations they started.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.cancel_all();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tasks.len(),
+                "upstream work still running after the shutdown grace period"
+            );
+        }
+    }
+}
