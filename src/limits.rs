@@ -12,7 +12,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::error::{ApiError, RateLimitHeaders};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RateLimit};
 
 type Limiter = RateLimiter<
     [u8; 32],
@@ -22,7 +22,7 @@ type Limiter = RateLimiter<
 >;
 
 struct Bucket {
-    kind: &'static str,
+    kind: RateLimit,
     per_minute: u32,
     limiter: Limiter,
 }
@@ -37,7 +37,7 @@ pub struct KeyLimits {
 }
 
 impl Bucket {
-    fn new(kind: &'static str, per_minute: u32) -> Option<Self> {
+    fn new(kind: RateLimit, per_minute: u32) -> Option<Self> {
         let n = NonZeroU32::new(per_minute)?;
         Some(Self {
             kind,
@@ -78,7 +78,7 @@ impl Bucket {
 
     fn headers(&self, remaining: u32, reset_seconds: f64) -> RateLimitHeaders {
         RateLimitHeaders {
-            kind: self.kind,
+            kind: self.kind.as_str(),
             limit: self.per_minute,
             remaining,
             reset_seconds,
@@ -89,8 +89,8 @@ impl Bucket {
 impl KeyLimits {
     pub fn new(requests_per_minute: u32, images_per_minute: u32) -> Self {
         Self {
-            requests: Bucket::new("requests", requests_per_minute),
-            images: Bucket::new("images", images_per_minute),
+            requests: Bucket::new(RateLimit::Requests, requests_per_minute),
+            images: Bucket::new(RateLimit::Images, images_per_minute),
             checks: AtomicU64::new(0),
         }
     }
@@ -118,7 +118,10 @@ impl KeyLimits {
             match bucket.take(key, cost) {
                 Ok(h) => headers.push(h),
                 Err(e) => {
-                    metrics.rate_limited.with_label_values(&[bucket.kind]).inc();
+                    metrics
+                        .rate_limited
+                        .with_label_values(&[bucket.kind.as_str()])
+                        .inc();
                     return Err(e);
                 }
             }
