@@ -8,7 +8,6 @@ pub mod backend;
 pub mod cache;
 pub mod disconnect;
 pub mod error;
-pub mod fake_fal;
 pub mod files;
 pub mod gateway;
 pub mod limits;

@@ -1,7 +1,7 @@
 //! `POST /v1/images/generations` against the fake fal: the exact upstream
 //! requests and the exact OpenAI answers.
 
-use image_gateway::fake_fal::{FakeConfig, Fault, FaultAction, Op};
+use fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use image_gateway::settings::FalMode;
 use serde_json::json;
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
-use image_gateway::fake_fal::{FakeConfig, FakeFal};
+use fake_fal::{FakeConfig, FakeFal};
 use image_gateway::gateway::Gateway;
 use image_gateway::settings::{BackendChoice, Secret, Settings};
 use image_gateway::startup::Application;

@@ -1,7 +1,7 @@
 //! `/metrics` after known traffic: exact series values, bounded labels, the
 //! admin listener.
 
-use image_gateway::fake_fal::Op;
+use fake_fal::Op;
 use image_gateway::settings::Secret;
 use serde_json::json;
 

@@ -9,8 +9,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fake_fal::{FakeConfig, FakeFal, Op};
 use futures_util::future::join_all;
-use image_gateway::fake_fal::{FakeConfig, FakeFal, Op};
 use image_gateway::mapping::{ModelCatalog, PlanLimits};
 use image_gateway::settings::{BackendChoice, ModelSettings, RedisUrl, Settings};
 use serde_json::{Value, json};

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use futures_util::future::join_all;
-use image_gateway::fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use image_gateway::settings::Secret;
 use serde_json::json;
 
