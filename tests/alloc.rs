@@ -14,7 +14,7 @@
 //! hit 0.004x (8.7 KB in 60 allocations). Before image bodies went to actix
 //! in 64 KiB slices: 3.04x and 1.01x (actix's write buffer took each image
 //! whole). Printed with `--nocapture`:
-//! `cargo build -p fake-fal && cargo test --test alloc -- --nocapture`.
+//! `cargo build -p fake-fal`, then `cargo test --test alloc -- --nocapture`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
