@@ -166,6 +166,11 @@ def check_dockerfile(binary: Path) -> None:
         for e in entries if isinstance(entries, list) else [entries]:
             if "path" in e:
                 needed.append(e["path"])
+    # Cargo loads every workspace member (cargo-chef plans from their
+    # manifests), even when the image builds only the gateway.
+    for member in manifest.get("workspace", {}).get("members", []):
+        if member != ".":
+            needed += [f"{member}/Cargo.toml", f"{member}/src/lib.rs", f"{member}/src/main.rs"]
     for path in needed:
         if dockerignored(path, patterns):
             problems.append(f".dockerignore excludes {path}, which the build needs")

@@ -20,7 +20,6 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
-pub mod fake_fal;
 pub mod files;
 pub mod http;
 pub mod limits;

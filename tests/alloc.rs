@@ -14,12 +14,13 @@
 //! hit 0.004x (8.7 KB in 60 allocations). Before image bodies went to actix
 //! in 64 KiB slices: 3.04x and 1.01x (actix's write buffer took each image
 //! whole). Printed with `--nocapture`:
-//! `cargo test --test alloc -- --nocapture`.
+//! `cargo build -p fake-fal`, then `cargo test --test alloc -- --nocapture`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -110,12 +111,29 @@ fn since(before: Tally) -> Tally {
     }
 }
 
+/// The `fake-fal` binary (crates/fake-fal, another package of the
+/// workspace, so cargo gives no `CARGO_BIN_EXE_` for it): next to the
+/// gateway's own binary in the same target directory.
+fn fake_fal_binary() -> PathBuf {
+    let gateway = Path::new(env!("CARGO_BIN_EXE_image-gateway"));
+    let fake = gateway
+        .with_file_name("fake-fal")
+        .with_extension(std::env::consts::EXE_EXTENSION);
+    assert!(
+        fake.is_file(),
+        "{} is missing: build it with `cargo build -p fake-fal` (the same profile as \
+         this test), or run the tests with `cargo test --workspace`, which builds it",
+        fake.display()
+    );
+    fake
+}
+
 /// fake-fal as a process, with realistically large (~1.5 MB) PNGs.
 struct Fake(Child, u16);
 
 impl Fake {
     fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-fal"))
+        let mut child = Command::new(fake_fal_binary())
             .args(["--no-record", "--noise", "7", "--workers", "1"])
             .stdout(Stdio::piped())
             .spawn()

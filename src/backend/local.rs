@@ -113,7 +113,7 @@ impl Rng {
 
 /// Draw one picture: a two-colour sky gradient, soft glowing discs and a
 /// horizon band, all placed by the prompt's digest.
-pub(crate) fn render(
+fn render(
     prompt: &str,
     seed: Option<u32>,
     index: u8,
@@ -181,7 +181,7 @@ pub(crate) fn render(
 }
 
 /// Encode as PNG, JPEG or WebP (lossless; the `image` crate has no lossy WebP).
-pub(crate) fn encode(img: &RgbImage, format: OutputFormat) -> Result<Bytes, ApiError> {
+fn encode(img: &RgbImage, format: OutputFormat) -> Result<Bytes, ApiError> {
     let mut out = Cursor::new(Vec::with_capacity((img.width() * img.height()) as usize));
     let (w, h) = img.dimensions();
     let result =

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use futures_util::future::join_all;
 use image_gateway::config::{CacheScope, Secret};
-use image_gateway::fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use serde_json::json;
 
 use crate::helpers::*;

@@ -1,8 +1,8 @@
 //! `POST /v1/images/generations` against the fake fal: the exact upstream
 //! requests and the exact OpenAI answers.
 
+use fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use image_gateway::config::FalMode;
-use image_gateway::fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use serde_json::json;
 
 use crate::helpers::*;

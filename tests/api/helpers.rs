@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
+use fake_fal::{FakeConfig, FakeFal};
 use image_gateway::app::Application;
 use image_gateway::config::{BackendChoice, Secret, Settings};
-use image_gateway::fake_fal::{FakeConfig, FakeFal};
 use image_gateway::service::GenerationService;
 use serde_json::Value;
 

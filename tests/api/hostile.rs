@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use image_gateway::fake_fal::Op;
+use fake_fal::Op;
 use serde_json::json;
 
 use crate::helpers::*;

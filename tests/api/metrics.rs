@@ -1,8 +1,8 @@
 //! `/metrics` after known traffic: exact series values, bounded labels, the
 //! admin listener.
 
+use fake_fal::Op;
 use image_gateway::config::Secret;
-use image_gateway::fake_fal::Op;
 use serde_json::json;
 
 use crate::helpers::*;

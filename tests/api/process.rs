@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use image_gateway::fake_fal::{FakeConfig, FakeFal, Fault, FaultAction, Op};
+use fake_fal::{FakeConfig, FakeFal, Fault, FaultAction, Op};
 use serde_json::json;
 use sha2::Digest;
 

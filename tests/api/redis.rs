@@ -9,10 +9,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fake_fal::{FakeConfig, FakeFal, Op};
 use futures_util::future::join_all;
 use image_gateway::cache::CacheKey;
 use image_gateway::config::{BackendChoice, ModelSettings, RedisUrl, Settings};
-use image_gateway::fake_fal::{FakeConfig, FakeFal, Op};
 use image_gateway::openai::PlanLimits;
 use serde_json::{Value, json};
 

@@ -76,7 +76,7 @@ async fn unknown_models_in_a_generation_are_404_model_not_found() {
     .await;
     assert_eq!(err["code"], "model_not_found");
     assert_eq!(err["param"], "model");
-    assert_eq!(app.fal.count(image_gateway::fake_fal::Op::Submit), 0);
+    assert_eq!(app.fal.count(fake_fal::Op::Submit), 0);
 }
 
 #[actix_web::test]
@@ -160,7 +160,7 @@ async fn without_a_fal_key_the_local_backend_serves_real_images_at_imagen_sizes(
     .await;
     assert_eq!(again["data"][0]["b64_json"], body["data"][0]["b64_json"]);
     assert_eq!(
-        app.fal.count(image_gateway::fake_fal::Op::Submit),
+        app.fal.count(fake_fal::Op::Submit),
         0,
         "fal is never called"
     );
@@ -301,7 +301,7 @@ async fn metrics_public_opens_only_metrics() {
 
 #[actix_web::test]
 async fn the_fal_key_never_follows_urls_fal_advertises() {
-    use image_gateway::fake_fal::{FakeConfig, FakeFal, Op};
+    use fake_fal::{FakeConfig, FakeFal, Op};
     let elsewhere = FakeFal::start("127.0.0.1:0", FakeConfig::default(), 1).unwrap();
     let app = spawn_app_with_fake(
         FakeConfig {

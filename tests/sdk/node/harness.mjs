@@ -3,7 +3,8 @@
 // `openai` npm package. The same shape as tests/sdk/python/conftest.py.
 //
 // Binaries: $IMAGE_GATEWAY_BIN and $FAKE_FAL_BIN, else
-// $CARGO_TARGET_DIR/debug/... (target/debug/... when unset).
+// $CARGO_TARGET_DIR/debug/... (target/debug/... when unset); `fake-fal` is the
+// workspace's crates/fake-fal.
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, openSync, readFileSync, closeSync } from 'node:fs';
@@ -28,7 +29,9 @@ function binary(envName, name) {
     file = path.join(target, 'debug', name);
   }
   if (!existsSync(file)) {
-    throw new Error(`${name} binary not found at ${file}: run scripts/test-sdk (it builds it) or set ${envName}`);
+    throw new Error(
+      `${name} binary not found at ${file}: run scripts/test-sdk or \`cargo build --workspace --bins\` (fake-fal is crates/fake-fal), or set ${envName}`,
+    );
   }
   return file;
 }

@@ -3,8 +3,8 @@
 Python SDK.
 
 Binaries: $IMAGE_GATEWAY_BIN and $FAKE_FAL_BIN, else
-$CARGO_TARGET_DIR/debug/... (target/debug/... when unset). `scripts/test-sdk`
-builds them and passes the paths.
+$CARGO_TARGET_DIR/debug/... (target/debug/... when unset); `fake-fal` is the
+workspace's crates/fake-fal. `scripts/test-sdk` builds both and passes the paths.
 
 Fixtures:
 - `start_fake(*flags)` / `start_gateway(fake_or_None, **env)`: launch
@@ -52,8 +52,8 @@ def binary(env_name: str, name: str) -> Path:
         path = target / "debug" / name
     if not path.is_file():
         pytest.exit(
-            f"{name} binary not found at {path}: run scripts/test-sdk (it builds it) "
-            f"or set {env_name}",
+            f"{name} binary not found at {path}: run scripts/test-sdk or "
+            f"`cargo build --workspace --bins` (fake-fal is crates/fake-fal), or set {env_name}",
             returncode=2,
         )
     return path

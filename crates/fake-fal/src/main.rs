@@ -1,8 +1,10 @@
-//! `fake-fal`: the loopback fal.ai stand-in from `image_gateway::fake_fal`,
-//! as a process, for the SDK end-to-end tests and the benchmark.
+//! `fake-fal`: the loopback fal.ai stand-in of this crate as a process, for
+//! the SDK end-to-end tests, the scripts and the benchmark. Prints
+//! `listening on <port>` once it accepts connections; stops on Ctrl-C or
+//! SIGINT.
 
 use clap::Parser;
-use image_gateway::fake_fal::{FakeConfig, FakeFal};
+use fake_fal::{FakeConfig, FakeFal};
 
 /// A fake fal.ai queue (and sync) server for tests and benchmarks. Prints
 /// `listening on <port>` once ready.
@@ -24,7 +26,8 @@ struct Cli {
     /// Serve 1/16-size images (fast tests).
     #[arg(long)]
     small_images: bool,
-    /// Pixel noise amplitude, making PNGs realistically large (0 = none).
+    /// Pixel noise amplitude, making PNGs realistically large (0 = none;
+    /// 7 gives a 1024x1024 PNG of about 1.5 MB).
     #[arg(long, default_value_t = 0)]
     noise: u8,
     /// Worker threads.

@@ -1,0 +1,122 @@
+//! A stand-in for fal.ai that speaks fal's queue protocol and Imagen 4's
+//! schema (PROTOCOLS.md section B) on loopback, for image-gateway's
+//! integration tests, SDK end-to-end tests and benchmarks. It knows fal's
+//! wire format from its own definitions (`wire`) and nothing of the
+//! gateway's code, so a gateway that gets fal's values wrong fails against it.
+//!
+//! - `POST /<endpoint id>` submit, `GET /<owner>/<alias>/requests/<id>/status`
+//!   (and `/status/stream`), `GET .../requests/<id>` result, `PUT .../cancel`.
+//! - `POST /run/<endpoint id>` plays fal's synchronous host (`run_url` =
+//!   `http://host:port/run`).
+//! - `GET /files/<name>` serves the images of non-sync answers.
+//! - Control: `GET /_fake/calls`, `GET /_fake/counts`, `POST /_fake/faults`,
+//!   `POST /_fake/config`, `POST /_fake/reset`.
+//!
+//! Every call is counted and (unless `record` is off) recorded with its body
+//! and `Authorization` header; faults can be injected per operation.
+
+mod control;
+mod render;
+mod server;
+mod state;
+mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+
+pub use control::{Call, FakeConfig, Fault, FaultAction, Op};
+use state::{State, lock};
+
+/// Request bodies up to this size are read (fal's inputs are small; the
+/// limit only keeps a hostile test from exhausting memory).
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// A running fake fal server. Clones share it (several gateways can stand
+/// in front of one fake).
+#[derive(Clone)]
+pub struct FakeFal {
+    state: Arc<State>,
+    port: u16,
+    handle: ServerHandle,
+}
+
+impl FakeFal {
+    /// Start on `addr` (use `127.0.0.1:0` for a free port) inside the current
+    /// actix system.
+    pub fn start(addr: &str, config: FakeConfig, workers: usize) -> std::io::Result<Self> {
+        let state = Arc::new(State::default());
+        *lock(&state.config) = config;
+        let listener = std::net::TcpListener::bind(addr)?;
+        let port = listener.local_addr()?.port();
+        state.port.store(port, Ordering::Relaxed);
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .configure(control::routes)
+                .configure(server::routes)
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(0)
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Ok(Self {
+            state,
+            port,
+            handle,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `fal.queue_url` for the gateway.
+    pub fn queue_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `fal.run_url` for the gateway.
+    pub fn run_url(&self) -> String {
+        format!("http://127.0.0.1:{}/run", self.port)
+    }
+
+    /// Calls of one operation so far (counted even when `record` is off).
+    pub fn count(&self, op: Op) -> u64 {
+        self.state.count(op)
+    }
+
+    /// Every recorded call, oldest first.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.state.calls).clone()
+    }
+
+    /// Bodies of every submit (or sync run) so far.
+    pub fn submitted_bodies(&self) -> Vec<serde_json::Value> {
+        lock(&self.state.calls)
+            .iter()
+            .filter(|c| matches!(c.op, Op::Submit | Op::Run))
+            .filter_map(|c| c.body.clone())
+            .collect()
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.state.faults).push_back(fault);
+    }
+
+    /// Jobs cancelled through `PUT .../cancel`.
+    pub fn cancelled_jobs(&self) -> usize {
+        self.state.cancelled_jobs()
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}

@@ -1,0 +1,501 @@
+//! fal's HTTP surface as the fake serves it: the queue (submit, status,
+//! status stream, result, cancel), the synchronous host (`/run/...`) and the
+//! files that non-sync answers link to. Every handler counts and records its
+//! call, then applies the next injected fault for its operation, if any.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::control::{FaultAction, Op};
+use crate::render::image_bytes;
+use crate::state::{Job, State, lock};
+use crate::wire::{
+    ALREADY_COMPLETED, AspectRatio, CANCELLATION_REQUESTED, ImageFile, ImagenInput, ImagenOutput,
+    NOT_FOUND, OutputFormat, QueueStatus, RunMetrics, StatusAnswer, SubmitAnswer,
+};
+
+/// fal's routes. The submit route catches every other POST, so it goes last.
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/files/{name}", web::get().to(file))
+        .route("/run/{tail:.*}", web::post().to(run))
+        .route(
+            "/{owner}/{alias}/requests/{id}/status/stream",
+            web::get().to(status_stream),
+        )
+        .route(
+            "/{owner}/{alias}/requests/{id}/status",
+            web::get().to(status),
+        )
+        .route(
+            "/{owner}/{alias}/requests/{id}/cancel",
+            web::put().to(cancel),
+        )
+        .route("/{owner}/{alias}/requests/{id}", web::get().to(result))
+        .route("/{tail:.*}", web::post().to(submit));
+}
+
+/// Apply a fault that replaces the answer (as `Err`); `Ok(Some(action))`
+/// hands back the faults the handler itself must act on.
+async fn apply_fault(state: &State, op: Op) -> Result<Option<FaultAction>, HttpResponse> {
+    match state.take_fault(op) {
+        None => Ok(None),
+        Some(FaultAction::Respond {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut res = HttpResponse::build(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            );
+            for (k, v) in headers {
+                res.insert_header((k, v));
+            }
+            Err(res.body(body))
+        }
+        Some(FaultAction::Delay { ms }) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(None)
+        }
+        Some(FaultAction::Hang) => {
+            std::future::pending::<()>().await;
+            Ok(None)
+        }
+        Some(FaultAction::MalformedJson) => Err(HttpResponse::Ok()
+            .content_type("application/json")
+            .insert_header(("x-fal-request-id", "fake"))
+            .body("{\"status\": \"COMPL")),
+        Some(other) => Ok(Some(other)),
+    }
+}
+
+/// A JSON answer from fal's servers (they send `x-fal-request-id`).
+fn fal_json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header(("x-fal-request-id", "fake-request"))
+        .json(body)
+}
+
+/// A 200 with a prebuilt JSON body, as [`fal_json`] would send it.
+fn fal_body(body: Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("x-fal-request-id", "fake-request"))
+        .content_type("application/json")
+        .body(body)
+}
+
+fn request_not_found() -> HttpResponse {
+    fal_json(
+        StatusCode::NOT_FOUND,
+        &json!({"detail": "Request not found"}),
+    )
+}
+
+/// A request body as JSON, `null` when it is not.
+fn body_json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or(Value::Null)
+}
+
+/// `POST /<endpoint id>`: queue a job.
+async fn submit(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let body = body_json(&body);
+    state.record(&req, Op::Submit, Some(body.clone()));
+    if let Err(res) = apply_fault(&state, Op::Submit).await {
+        return res;
+    }
+    let path = req.path().trim_start_matches('/');
+    let mut parts = path.splitn(3, '/');
+    let (Some(owner), Some(alias)) = (parts.next(), parts.next()) else {
+        return fal_json(StatusCode::NOT_FOUND, &json!({"detail": "no such app"}));
+    };
+    let input = match ImagenInput::parse(&body) {
+        Ok(input) => input,
+        Err(rejection) => return fal_json(StatusCode::UNPROCESSABLE_ENTITY, &rejection),
+    };
+    let id = format!(
+        "{:08x}-fake-{}",
+        state.next_id.fetch_add(1, Ordering::SeqCst),
+        std::process::id()
+    );
+    let advertised = lock(&state.config).advertised_base.clone();
+    lock(&state.jobs).insert(
+        id.clone(),
+        Job {
+            input,
+            submitted: std::time::Instant::now(),
+            cancelled: false,
+            failed: None,
+        },
+    );
+    let base = format!("{advertised}/{owner}/{alias}/requests/{id}");
+    fal_json(
+        StatusCode::OK,
+        &SubmitAnswer {
+            request_id: id,
+            status: QueueStatus::InQueue,
+            queue_position: 0,
+            status_url: format!("{base}/status"),
+            response_url: base.clone(),
+            cancel_url: format!("{base}/cancel"),
+        },
+    )
+}
+
+/// The status answer for job `id` in `status`.
+fn status_answer(state: &State, id: &str, status: QueueStatus) -> StatusAnswer {
+    let mut answer = StatusAnswer {
+        status,
+        request_id: id.to_owned(),
+        queue_position: None,
+        logs: None,
+        metrics: None,
+        error: None,
+        error_type: None,
+    };
+    match status {
+        QueueStatus::InQueue => answer.queue_position = Some(0),
+        QueueStatus::InProgress => answer.logs = Some(Vec::new()),
+        QueueStatus::Completed => {
+            answer.logs = Some(Vec::new());
+            answer.metrics = Some(RunMetrics {
+                inference_time: 0.01,
+            });
+            if let Some(job) = lock(&state.jobs).get(id) {
+                if job.cancelled {
+                    answer.error = Some("Request was cancelled".into());
+                    answer.error_type = Some("request_cancelled".into());
+                } else if let Some((error, error_type)) = &job.failed {
+                    answer.error = Some(error.clone());
+                    answer.error_type = Some(error_type.clone());
+                }
+            }
+        }
+    }
+    answer
+}
+
+/// The answer a status fault puts in place of the real one, if any: an
+/// undocumented status value, or COMPLETED with an error.
+fn status_fault(state: &State, id: &str, fault: Option<FaultAction>) -> Option<Value> {
+    match fault? {
+        FaultAction::UnknownStatus => Some(json!({"status": "EXPLODED"})),
+        FaultAction::CompletedWithError { error, error_type } => {
+            if let Some(job) = lock(&state.jobs).get_mut(id) {
+                job.failed = Some((error, error_type));
+            }
+            serde_json::to_value(status_answer(state, id, QueueStatus::Completed)).ok()
+        }
+        _ => None,
+    }
+}
+
+/// `GET .../requests/<id>/status`: 202 while queued or running, 200 done.
+async fn status(
+    state: web::Data<State>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
+    state.record(&req, Op::Status, None);
+    let id = &path.2;
+    let fault = match apply_fault(&state, Op::Status).await {
+        Err(res) => return res,
+        Ok(fault) => fault,
+    };
+    let Some((status, done)) = state.job_status(id) else {
+        return request_not_found();
+    };
+    if let Some(body) = status_fault(&state, id, fault) {
+        return fal_json(StatusCode::OK, &body);
+    }
+    let code = if done {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    fal_json(code, &status_answer(&state, id, status))
+}
+
+/// One server-sent event carrying `body`.
+fn event(body: &impl Serialize) -> Bytes {
+    let json = serde_json::to_string(body).unwrap_or_default();
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+fn event_stream() -> actix_web::HttpResponseBuilder {
+    let mut res = HttpResponse::Ok();
+    res.insert_header(("x-fal-request-id", "fake-request"))
+        .content_type("text/event-stream");
+    res
+}
+
+/// `GET .../requests/<id>/status/stream`: an event per status change, closed
+/// after COMPLETED.
+async fn status_stream(
+    state: web::Data<State>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
+    state.record(&req, Op::Stream, None);
+    let fault = match apply_fault(&state, Op::Stream).await {
+        Err(res) => return res,
+        Ok(fault) => fault,
+    };
+    let id = path.into_inner().2;
+    if state.job_status(&id).is_none() {
+        return request_not_found();
+    }
+    if let Some(body) = status_fault(&state, &id, fault) {
+        return event_stream().body(event(&body));
+    }
+    let state = state.into_inner();
+    let events = futures_util::stream::unfold(
+        (state, id, None::<QueueStatus>, false),
+        |(state, id, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let (status, finished) = state.job_status(&id)?;
+                if Some(status) != last {
+                    let chunk = event(&status_answer(&state, &id, status));
+                    return Some((
+                        Ok::<_, Infallible>(chunk),
+                        (state, id, Some(status), finished),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        },
+    );
+    event_stream().streaming(events)
+}
+
+/// `GET .../requests/<id>`: the model output (whether or not the job is
+/// done yet).
+async fn result(
+    state: web::Data<State>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
+    state.record(&req, Op::Result, None);
+    let fault = match apply_fault(&state, Op::Result).await {
+        Err(res) => return res,
+        Ok(fault) => fault,
+    };
+    let input = match lock(&state.jobs).get(path.2.as_str()) {
+        Some(job) => job.input.clone(),
+        None => return request_not_found(),
+    };
+    output(&state, &input, fault)
+}
+
+/// `POST /run/<endpoint id>`: the synchronous host; waits the job's whole
+/// queue and run time, then answers the output.
+async fn run(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let body = body_json(&body);
+    state.record(&req, Op::Run, Some(body.clone()));
+    let fault = match apply_fault(&state, Op::Run).await {
+        Err(res) => return res,
+        Ok(fault) => fault,
+    };
+    let input = match ImagenInput::parse(&body) {
+        Ok(input) => input,
+        Err(rejection) => return fal_json(StatusCode::UNPROCESSABLE_ENTITY, &rejection),
+    };
+    let total = {
+        let cfg = lock(&state.config);
+        cfg.queue_ms + cfg.run_ms
+    };
+    if total > 0 {
+        tokio::time::sleep(Duration::from_millis(total)).await;
+    }
+    output(&state, &input, fault)
+}
+
+/// The file name an image is served under:
+/// `<ratio>-<format>-<full size 0|1>-<noise>-<index>.<format>`.
+fn file_name(ratio: AspectRatio, format: OutputFormat, full: bool, noise: u8, i: u8) -> String {
+    let ext = format.as_str();
+    format!(
+        "{}-{ext}-{}-{noise}-{i}.{ext}",
+        ratio.file_tag(),
+        u8::from(full)
+    )
+}
+
+/// What [`file_name`] encodes.
+fn parse_file_name(name: &str) -> Option<(AspectRatio, OutputFormat, bool, u8, u8)> {
+    let stem = name.split('.').next()?;
+    let mut parts = stem.split('-');
+    let ratio = AspectRatio::from_file_tag(parts.next()?)?;
+    let format = OutputFormat::parse(parts.next()?)?;
+    let full = parts.next()? == "1";
+    let noise = parts.next()?.parse().ok()?;
+    let index = parts.next()?.parse().ok()?;
+    Some((ratio, format, full, noise, index))
+}
+
+/// The picture size: Imagen's, or 1/16 of each side for fast tests.
+fn dimensions(ratio: AspectRatio, full: bool) -> (u32, u32) {
+    let (w, h) = ratio.dimensions();
+    if full { (w, h) } else { (w / 16, h / 16) }
+}
+
+/// Imagen's output for an input, shaped by a result fault if any.
+fn output(state: &State, input: &ImagenInput, fault: Option<FaultAction>) -> HttpResponse {
+    let (ratio, format) = (input.aspect_ratio, input.output_format);
+    let (full, noise) = {
+        let cfg = lock(&state.config);
+        (cfg.full_size_images, cfg.noise)
+    };
+    let (w, h) = dimensions(ratio, full);
+    match fault {
+        Some(FaultAction::NoImages) => {
+            let empty = ImagenOutput {
+                images: Vec::new(),
+                description: String::new(),
+            };
+            return fal_json(StatusCode::OK, &empty);
+        }
+        Some(FaultAction::BadDataUri) => {
+            let url = "data:image/png;base64,@@not-base64@@";
+            let body = json!({"images": [{"url": url, "width": w, "height": h}]});
+            return fal_json(StatusCode::OK, &body);
+        }
+        _ => {}
+    }
+    // Answers without a fault are built once per shape: a 2 MB data-URI
+    // answer is then a reference count rather than a base64 encode and a JSON
+    // serialisation, so a benchmark measures the gateway, not the fake.
+    let key = (
+        ratio,
+        format,
+        full,
+        noise,
+        input.num_images,
+        input.sync_mode,
+    );
+    if fault.is_none()
+        && let Some(body) = lock(&state.answers).get(&key)
+    {
+        return fal_body(body.clone());
+    }
+    let port = state.port.load(Ordering::Relaxed);
+    let data_uris = input.sync_mode && !matches!(fault, Some(FaultAction::UrlsInsteadOfDataUris));
+    let mut images = Vec::with_capacity(usize::from(input.num_images));
+    for i in 0..input.num_images {
+        let Ok(bytes) = image_bytes(w, h, format, noise, i) else {
+            return HttpResponse::InternalServerError().finish();
+        };
+        let url = if data_uris {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            format!("data:{};base64,{b64}", format.content_type())
+        } else {
+            let name = file_name(ratio, format, full, noise, i);
+            format!("http://127.0.0.1:{port}/files/{name}")
+        };
+        images.push(ImageFile {
+            url,
+            content_type: format.content_type(),
+            file_name: format!("{i}.{}", format.as_str()),
+            file_size: bytes.len(),
+            width: w,
+            height: h,
+        });
+    }
+    let output = ImagenOutput {
+        images,
+        description: String::new(),
+    };
+    match fault {
+        None => {
+            let Ok(body) = serde_json::to_vec(&output) else {
+                return HttpResponse::InternalServerError().finish();
+            };
+            let body = Bytes::from(body);
+            lock(&state.answers).insert(key, body.clone());
+            fal_body(body)
+        }
+        Some(FaultAction::Huge { bytes }) => {
+            let mut body = serde_json::to_value(&output).unwrap_or_default();
+            body["padding"] = "x".repeat(bytes).into();
+            fal_json(StatusCode::OK, &body)
+        }
+        Some(_) => fal_json(StatusCode::OK, &output),
+    }
+}
+
+/// `GET /files/<name>`: an image a non-sync answer links to.
+async fn file(state: web::Data<State>, req: HttpRequest, name: web::Path<String>) -> HttpResponse {
+    state.record(&req, Op::File, None);
+    if let Err(res) = apply_fault(&state, Op::File).await {
+        return res;
+    }
+    let Some((ratio, format, full, noise, index)) = parse_file_name(&name) else {
+        return HttpResponse::NotFound().finish();
+    };
+    let (w, h) = dimensions(ratio, full);
+    match image_bytes(w, h, format, noise, index) {
+        Ok(bytes) => HttpResponse::Ok()
+            .content_type(format.content_type())
+            .body(bytes),
+        Err(_) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
+/// `PUT .../requests/<id>/cancel`: 202 while the job is unfinished, 400
+/// once done, 404 for an unknown id.
+async fn cancel(
+    state: web::Data<State>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
+    state.record(&req, Op::Cancel, None);
+    if let Err(res) = apply_fault(&state, Op::Cancel).await {
+        return res;
+    }
+    let id = &path.2;
+    let (code, answer) = match state.job_status(id).map(|(_, done)| done) {
+        None => (StatusCode::NOT_FOUND, NOT_FOUND),
+        Some(true) => (StatusCode::BAD_REQUEST, ALREADY_COMPLETED),
+        Some(false) => {
+            if let Some(job) = lock(&state.jobs).get_mut(id.as_str()) {
+                job.cancelled = true;
+            }
+            (StatusCode::ACCEPTED, CANCELLATION_REQUESTED)
+        }
+    };
+    fal_json(code, &json!({"status": answer}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        for (ratio, format, full, noise, i) in [
+            (AspectRatio::Portrait3x4, OutputFormat::Png, true, 0, 0),
+            (AspectRatio::Landscape16x9, OutputFormat::Webp, false, 24, 3),
+        ] {
+            let name = file_name(ratio, format, full, noise, i);
+            assert_eq!(
+                parse_file_name(&name),
+                Some((ratio, format, full, noise, i))
+            );
+        }
+        assert_eq!(
+            file_name(AspectRatio::Portrait3x4, OutputFormat::Png, true, 0, 0),
+            "3x4-png-1-0-0.png"
+        );
+        assert_eq!(parse_file_name("2x1-png-1-0-0.png"), None);
+        assert_eq!(parse_file_name("1x1-gif-1-0-0.gif"), None);
+    }
+}
