@@ -87,9 +87,18 @@ pub enum ApiError {
     /// fal unreachable, 5xx, malformed answer, failed job.
     #[error("{message}")]
     Upstream { message: String },
-    /// The request deadline passed; the fal job was cancelled.
-    #[error("the image was not generated within {seconds} s")]
-    UpstreamTimeout { seconds: u64 },
+    /// fal's infrastructure could not run the job now (no runner could be
+    /// scheduled, the runner was lost): worth retrying shortly.
+    #[error("{message}")]
+    UpstreamUnavailable {
+        message: String,
+        retry_after_seconds: u64,
+    },
+    /// No images within a deadline: the gateway's own (the message says what
+    /// became of the fal job) or one fal enforced (`request_timeout`,
+    /// `startup_timeout`, the start timeout the gateway sent).
+    #[error("{message}")]
+    UpstreamTimeout { message: String },
     /// The client closed the connection before the answer (nginx's 499).
     #[error("the client closed the connection")]
     ClientClosedRequest,
@@ -124,6 +133,16 @@ impl ApiError {
         }
     }
 
+    /// The gateway's own deadline passed; `upstream` completes the sentence
+    /// with what became of the fal job (empty when there was none).
+    pub fn deadline(seconds: u64, upstream: &str) -> Self {
+        ApiError::UpstreamTimeout {
+            message: format!(
+                "The image was not generated within the gateway's {seconds} s deadline{upstream}."
+            ),
+        }
+    }
+
     pub fn invalid_body(message: impl Into<Cow<'static, str>>) -> Self {
         ApiError::InvalidRequest {
             message: message.into(),
@@ -149,6 +168,7 @@ impl ApiError {
             | ApiError::UpstreamRateLimited { .. } => "rate_limit_error",
             ApiError::UpstreamAuth
             | ApiError::Upstream { .. }
+            | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::ShuttingDown
             | ApiError::Internal => "server_error",
@@ -170,6 +190,7 @@ impl ApiError {
             | ApiError::Overloaded { .. }
             | ApiError::UpstreamRateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::UpstreamAuth | ApiError::Upstream { .. } => Some("upstream_error"),
+            ApiError::UpstreamUnavailable { .. } => Some("upstream_unavailable"),
             ApiError::UpstreamTimeout { .. } => Some("upstream_timeout"),
             ApiError::ClientClosedRequest => Some("client_closed_request"),
             ApiError::ShuttingDown => Some("server_shutting_down"),
@@ -200,9 +221,6 @@ impl ApiError {
             ApiError::Overloaded { .. } => "The gateway is at capacity: too many generations are running or waiting. Retry after the time in the retry-after header.".into(),
             ApiError::UpstreamRateLimited { .. } => "fal.ai is rate limiting this gateway. Retry after the time in the retry-after header.".into(),
             ApiError::UpstreamAuth => "The image backend (fal.ai) refused the gateway's upstream credentials (FAL_KEY). This is a gateway configuration problem, not a problem with your API key.".into(),
-            ApiError::UpstreamTimeout { seconds } => format!(
-                "The image was not generated within the gateway's {seconds} s deadline; the upstream job was cancelled."
-            ),
             ApiError::ShuttingDown => "The gateway is shutting down; retry the request.".into(),
             ApiError::Internal => "The gateway hit an internal error.".into(),
             other => other.to_string(),
@@ -225,6 +243,7 @@ impl ApiError {
             ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
             | ApiError::UpstreamRateLimited { .. }
+            | ApiError::UpstreamUnavailable { .. }
             | ApiError::ShuttingDown => Some(true),
             ApiError::UpstreamAuth | ApiError::UpstreamTimeout { .. } | ApiError::Internal => {
                 Some(false)
@@ -245,6 +264,10 @@ impl ApiError {
             }
             | ApiError::UpstreamRateLimited {
                 retry_after_seconds,
+            }
+            | ApiError::UpstreamUnavailable {
+                retry_after_seconds,
+                ..
             } => Some((*retry_after_seconds).max(1)),
             ApiError::ShuttingDown => Some(1),
             _ => None,
@@ -259,6 +282,7 @@ impl ApiError {
             ApiError::UpstreamRateLimited { .. } => "rate_limited",
             ApiError::UpstreamTimeout { .. } => "timeout",
             ApiError::Upstream { .. } => "upstream_error",
+            ApiError::UpstreamUnavailable { .. } => "unavailable",
             ApiError::ShuttingDown => "cancelled",
             _ => "other",
         }
@@ -299,7 +323,9 @@ impl ResponseError for ApiError {
             ApiError::ClientClosedRequest => {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamUnavailable { .. } | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -422,7 +448,17 @@ mod tests {
                 None,
             ),
             (
-                ApiError::UpstreamTimeout { seconds: 3 },
+                ApiError::UpstreamUnavailable {
+                    message: "x".into(),
+                    retry_after_seconds: 2,
+                },
+                503,
+                "server_error",
+                Some("upstream_unavailable"),
+                None,
+            ),
+            (
+                ApiError::deadline(3, ""),
                 504,
                 "server_error",
                 Some("upstream_timeout"),
@@ -487,7 +523,7 @@ mod tests {
             "the client sees fal's reason"
         );
         assert!(!e.log_cause().contains("a secret prompt"));
-        let other = ApiError::UpstreamTimeout { seconds: 3 };
+        let other = ApiError::deadline(3, "; the upstream job was cancelled");
         assert_eq!(other.log_cause(), other.message());
     }
 

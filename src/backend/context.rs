@@ -53,9 +53,7 @@ impl JobContext {
     pub fn error(&self, stop: Stop) -> ApiError {
         match stop {
             Stop::Cancelled => ApiError::ShuttingDown,
-            Stop::Deadline => ApiError::UpstreamTimeout {
-                seconds: self.timeout_seconds,
-            },
+            Stop::Deadline => ApiError::deadline(self.timeout_seconds, ""),
         }
     }
 }

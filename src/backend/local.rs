@@ -113,13 +113,7 @@ impl Rng {
 
 /// Draw one picture: a two-colour sky gradient, soft glowing discs and a
 /// horizon band, all placed by the prompt's digest.
-fn render(
-    prompt: &str,
-    seed: Option<u32>,
-    index: u8,
-    width: u32,
-    height: u32,
-) -> RgbImage {
+fn render(prompt: &str, seed: Option<u32>, index: u8, width: u32, height: u32) -> RgbImage {
     let mut h = Sha256::new();
     h.update(prompt.as_bytes());
     h.update(seed.map_or([0xff; 5], |s| {

@@ -515,6 +515,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::UpstreamRateLimited { .. }
             | ApiError::UpstreamAuth
             | ApiError::Upstream { .. }
+            | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::ShuttingDown
             | ApiError::Internal => {}
@@ -563,7 +564,14 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Upstream {
             message: "fal failed".into(),
         },
-        ApiError::UpstreamTimeout { seconds: 3 },
+        ApiError::UpstreamUnavailable {
+            message: "no runner".into(),
+            retry_after_seconds: 2,
+        },
+        ApiError::deadline(3, "; the upstream job was cancelled"),
+        ApiError::UpstreamTimeout {
+            message: "fal.ai timed the job out (startup_timeout).".into(),
+        },
         ApiError::ShuttingDown,
         ApiError::Internal,
     ]
