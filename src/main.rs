@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        for warning in &settings.warnings {
+            eprintln!("image-gateway: warning: {warning}");
+        }
         println!("# configuration is valid");
         println!("# backend in use: {}", settings.backend_kind().as_str());
         print!("{}", settings.to_redacted_toml());

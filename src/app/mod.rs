@@ -247,6 +247,9 @@ fn log_start(settings: &Settings, kind: BackendKind, state: &AppState) {
             "using fal.ai"
         ),
     }
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     if state.auth.is_open() {
         tracing::warn!(
             "no client API keys are configured (auth.api_keys): the gateway is open to anyone who can reach it"

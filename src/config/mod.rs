@@ -8,7 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::BackendKind;
+use choice::choice;
 
+mod choice;
+mod error;
 mod models;
 mod secret;
 mod sections;
@@ -16,6 +19,7 @@ mod sections;
 mod tests;
 mod validate;
 
+pub use error::ConfigError;
 pub use models::{ModelEntry, ModelSettings, OPENAI_MODEL_ALIASES};
 pub use secret::{RedisUrl, Secret};
 pub use sections::{
@@ -23,15 +27,16 @@ pub use sections::{
     LocalSettings, LogFormat, LogSettings, MetricsSettings, ServerSettings,
 };
 
-/// Which image backend serves generations.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// `fal` when a fal key is configured, otherwise `local` (with a warning).
-    #[default]
-    Auto,
-    Fal,
-    Local,
+choice! {
+    /// Which image backend serves generations.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum BackendChoice {
+        /// `fal` when a fal key is configured, otherwise `local` (with a warning).
+        #[default]
+        Auto = "auto",
+        Fal = "fal",
+        Local = "local",
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -49,23 +54,11 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
-}
-
-/// A configuration problem, naming the key at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: `{key}`: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
+    /// Problems found while loading that do not stop start-up (an ignored
+    /// environment variable, a deprecated key): logged as warnings and
+    /// printed by `--check-config`.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -82,6 +75,7 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let mut env = config::Map::new();
         let mut fal_key = None;
+        let mut single_underscore = Vec::new();
         for (k, v) in vars {
             if k == "FAL_KEY" {
                 if !v.trim().is_empty() {
@@ -89,6 +83,16 @@ impl Settings {
                 }
             } else if k.starts_with("IMAGE_GATEWAY__") {
                 env.insert(k, v);
+            } else if k.starts_with("IMAGE_GATEWAY_") {
+                single_underscore.push(k);
+            }
+        }
+        let mut warnings = Vec::new();
+        let known_keys: Vec<String> = validate::setting_keys(&Settings::default());
+        single_underscore.sort();
+        for var in &single_underscore {
+            if let Some(warning) = error::check_single_underscore(var, &known_keys)? {
+                warnings.push(warning);
             }
         }
         let mut builder = config::Config::builder();
@@ -99,16 +103,26 @@ impl Settings {
                     format!("file {} does not exist", path.display()),
                 ));
             }
+            if path.is_dir() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!(
+                        "{} is a directory; give the path of a TOML file (see deploy/config.example.toml)",
+                        path.display()
+                    ),
+                ));
+            }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
+        let sources = error::Sources { file, env: &env };
         builder = builder.add_source(
             config::Environment::with_prefix("IMAGE_GATEWAY")
                 .prefix_separator("__")
                 .separator("__")
-                .source(Some(env)),
+                .source(Some(env.clone())),
         );
-        let cfg = builder.build().map_err(config_error)?;
-        let mut settings: Settings = cfg.try_deserialize().map_err(config_error)?;
+        let cfg = builder.build().map_err(|e| sources.translate(e))?;
+        let mut settings: Settings = cfg.try_deserialize().map_err(|e| sources.translate(e))?;
         if fal_key.is_some() {
             settings.fal.key = fal_key;
         }
@@ -121,6 +135,7 @@ impl Settings {
             settings.fal.key = None;
         }
         settings.validate()?;
+        settings.warnings = warnings;
         Ok(settings)
     }
 
@@ -138,22 +153,4 @@ impl Settings {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
-}
-
-fn config_error(e: config::ConfigError) -> ConfigError {
-    // The config crate's messages name the key ("... for key `server.listen`").
-    let text = e.to_string();
-    let key = text
-        .split("for key `")
-        .nth(1)
-        .and_then(|rest| rest.split('`').next())
-        .map(str::to_owned)
-        .or_else(|| {
-            text.split("unknown field `")
-                .nth(1)
-                .and_then(|rest| rest.split('`').next())
-                .map(|f| format!("{f} (unknown key)"))
-        })
-        .unwrap_or_else(|| "configuration".into());
-    ConfigError { key, message: text }
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::choice::choice;
 use super::secret::{RedisUrl, Secret};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -85,15 +86,16 @@ fn keys_from_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>,
         .collect())
 }
 
-/// How generations are sent to fal.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FalMode {
-    /// fal's queue: submit, watch status, fetch the result, cancel on deadline.
-    #[default]
-    Queue,
-    /// fal's synchronous host: one POST that returns the output.
-    Sync,
+choice! {
+    /// How generations are sent to fal.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum FalMode {
+        /// fal's queue: submit, watch status, fetch the result, cancel on deadline.
+        #[default]
+        Queue = "queue",
+        /// fal's synchronous host: one POST that returns the output.
+        Sync = "sync",
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -152,15 +154,16 @@ impl Default for FalSettings {
     }
 }
 
-/// Whether cached images are shared between client keys.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CacheScope {
-    /// One cache for everyone: the same request from two keys is generated once.
-    #[default]
-    Global,
-    /// Entries are keyed by client key too: tenants never share images.
-    PerKey,
+choice! {
+    /// Whether cached images are shared between client keys.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum CacheScope {
+        /// One cache for everyone: the same request from two keys is generated once.
+        #[default]
+        Global = "global",
+        /// Entries are keyed by client key too: tenants never share images.
+        PerKey = "per_key",
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -284,12 +287,16 @@ impl Default for MetricsSettings {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
+choice! {
+    /// How log lines are written.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum LogFormat {
+        /// Human-readable lines.
+        #[default]
+        Text = "text",
+        /// One JSON object per line, for log shippers.
+        Json = "json",
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

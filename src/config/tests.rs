@@ -304,3 +304,343 @@ fn redacted_output_never_shows_secrets() {
     assert!(text.contains("[redacted]"));
     assert!(!format!("{s:?}").contains("secret"));
 }
+
+/// What an operator sees for each kind of mistake: one line naming the key,
+/// the value given, where it came from and what is allowed.
+#[test]
+fn bad_values_get_one_line_naming_key_value_origin_and_allowed_values() {
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "IMAGE_GATEWAY__BACKEND",
+            "gpu",
+            "backend",
+            &["`gpu`", "`auto`, `fal`, `local`", "IMAGE_GATEWAY__BACKEND"],
+        ),
+        (
+            "IMAGE_GATEWAY__CACHE__SCOPE",
+            "tenant",
+            "cache.scope",
+            &["`tenant`", "`global`, `per_key`"],
+        ),
+        (
+            "IMAGE_GATEWAY__LOG__FORMAT",
+            "xml",
+            "log.format",
+            &["`xml`", "`text`, `json`"],
+        ),
+        (
+            "IMAGE_GATEWAY__FAL__MODE",
+            "async",
+            "fal.mode",
+            &["`async`", "`queue`, `sync`"],
+        ),
+        (
+            "IMAGE_GATEWAY__SERVER__WORKERS",
+            "-1",
+            "server.workers",
+            &["`-1`", "from 0 to 1024", "IMAGE_GATEWAY__SERVER__WORKERS"],
+        ),
+        (
+            "IMAGE_GATEWAY__SERVER__WORKERS",
+            "100000",
+            "server.workers",
+            &["`100000`", "from 0 to 1024"],
+        ),
+        (
+            "IMAGE_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS",
+            "-5",
+            "server.request_timeout_seconds",
+            &["`-5`", "from 1 to 86400 (seconds)"],
+        ),
+        (
+            "IMAGE_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS",
+            "18446744073709551615",
+            "server.request_timeout_seconds",
+            &["from 1 to 86400 (seconds)"],
+        ),
+        (
+            "IMAGE_GATEWAY__SERVER__KEEP_ALIVE_SECONDS",
+            "99999999999",
+            "server.keep_alive_seconds",
+            &["from 0 to 3600 (seconds)"],
+        ),
+        (
+            "IMAGE_GATEWAY__CACHE__ENABLED",
+            "maybe",
+            "cache.enabled",
+            &["`maybe`", "`true` or `false`"],
+        ),
+        (
+            "IMAGE_GATEWAY__SERVER__LISTN",
+            "x",
+            "server.listn",
+            &["no such setting", "`listen`"],
+        ),
+    ];
+    for (var, value, key, needles) in cases {
+        let err = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.key, *key, "{var}={value}: {text}");
+        assert!(
+            !text.contains('\n'),
+            "{var}={value}: more than one line: {text}"
+        );
+        for needle in *needles {
+            assert!(
+                text.contains(needle),
+                "{var}={value}: no {needle:?} in: {text}"
+            );
+        }
+        for internal in ["enum ", "variant", "u64", "usize", "invalid type"] {
+            assert!(
+                !text.contains(internal),
+                "{var}={value}: Rust internals in: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn values_that_would_overflow_later_are_refused_with_the_allowed_range() {
+    // Each of these panicked at start-up or on the first request: an
+    // Instant past the clock's end, moka's TTL limit, actix's worker cap.
+    for (var, key) in [
+        (
+            "IMAGE_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS",
+            "server.request_timeout_seconds",
+        ),
+        (
+            "IMAGE_GATEWAY__SERVER__KEEP_ALIVE_SECONDS",
+            "server.keep_alive_seconds",
+        ),
+        ("IMAGE_GATEWAY__CACHE__TTL_SECONDS", "cache.ttl_seconds"),
+        ("IMAGE_GATEWAY__FILES__TTL_SECONDS", "files.ttl_seconds"),
+        ("IMAGE_GATEWAY__SERVER__WORKERS", "server.workers"),
+        (
+            "IMAGE_GATEWAY__LIMITS__MAX_CONCURRENT_JOBS",
+            "limits.max_concurrent_jobs",
+        ),
+    ] {
+        let err = Settings::load_from(
+            None,
+            env(&[
+                (var, "18446744073709551615"),
+                (
+                    "IMAGE_GATEWAY__FILES__TTL_SECONDS",
+                    if key == "files.ttl_seconds" {
+                        "18446744073709551615"
+                    } else {
+                        "31536000"
+                    },
+                ),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        assert!(
+            err.message.contains("allowed: a whole number from"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn numeric_settings_all_have_a_range_that_holds_their_default() {
+    let defaults = Settings::default();
+    let numeric = validate::numeric_settings(&defaults);
+    assert!(
+        numeric.len() > 25,
+        "only {} numeric settings found",
+        numeric.len()
+    );
+    for (key, value) in numeric {
+        let range = validate::range_of(&key).unwrap_or_else(|| {
+            panic!("`{key}` has no row in config::validate::RANGES: add its allowed minimum and maximum")
+        });
+        let value = value.unwrap();
+        assert!(
+            (range.min..=range.max).contains(&value),
+            "{key}: default {value} outside {range:?}"
+        );
+    }
+    let keys = validate::setting_keys(&defaults);
+    for range in validate::RANGES {
+        assert!(
+            keys.iter().any(|k| k == range.key),
+            "RANGES names unknown `{}`",
+            range.key
+        );
+    }
+}
+
+#[test]
+fn bounds_of_each_range_are_accepted() {
+    for range in validate::RANGES {
+        for bound in [range.min, range.max] {
+            let mut vars = vec![(error::env_name(range.key), bound.to_string())];
+            // Keep the cross-checks between settings satisfied.
+            match range.key {
+                "cache.ttl_seconds" => vars.push((
+                    "IMAGE_GATEWAY__FILES__TTL_SECONDS".into(),
+                    bound.to_string(),
+                )),
+                "files.ttl_seconds" => vars.push((
+                    "IMAGE_GATEWAY__CACHE__TTL_SECONDS".into(),
+                    bound.min(1800).to_string(),
+                )),
+                "cache.redis_timeout_ms" => vars.push((
+                    "IMAGE_GATEWAY__CACHE__REDIS_LOCK_TTL_MS".into(),
+                    (bound * 3).to_string(),
+                )),
+                "cache.redis_lock_ttl_ms" => vars.push((
+                    "IMAGE_GATEWAY__CACHE__REDIS_TIMEOUT_MS".into(),
+                    (bound / 3).clamp(1, 250).to_string(),
+                )),
+                _ => {}
+            }
+            if let Err(e) = Settings::load_from(None, vars.clone()) {
+                panic!("{vars:?}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_directory_given_as_the_config_file_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Settings::load_from(Some(dir.path()), env(&[])).unwrap_err();
+    assert_eq!(err.key, "--config");
+    assert!(err.message.contains("is a directory"), "{err}");
+}
+
+#[test]
+fn file_mistakes_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    for (text, key, needle) in [
+        ("[server]\nworkers = -1\n", "server.workers", "`-1`"),
+        ("backend = \"gpu\"\n", "backend", "`gpu` is not one of"),
+        ("[server]\nworkers = \n", "--config", "line 2"),
+        (
+            "[[models.catalog]]\nid = \"x\"\n",
+            "models.catalog[0].endpoint",
+            "required",
+        ),
+        (
+            "[server]\ntimeout = 5\n",
+            "server.timeout",
+            "no such setting",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = Settings::load_from(Some(&path), env(&[])).unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(err.key, key, "{text:?}: {shown}");
+        assert!(shown.contains(needle), "{text:?}: {shown}");
+        assert!(
+            shown.contains(&path.display().to_string()),
+            "{text:?}: {shown}"
+        );
+        assert!(!shown.contains('\n'), "{text:?}: {shown}");
+    }
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_is_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, "[fal]\nkey = [\"fal-SECRET-123\"]\n").unwrap();
+    let err = Settings::load_from(Some(&path), env(&[])).unwrap_err();
+    assert_eq!(err.key, "fal.key", "{err}");
+    assert!(!err.to_string().contains("SECRET"), "{err}");
+}
+
+#[test]
+fn a_setting_spelled_with_one_underscore_after_the_prefix_stops_start_up() {
+    for (var, key, right) in [
+        (
+            "IMAGE_GATEWAY_AUTH__API_KEYS",
+            "auth.api_keys",
+            "IMAGE_GATEWAY__AUTH__API_KEYS",
+        ),
+        ("IMAGE_GATEWAY_BACKEND", "backend", "IMAGE_GATEWAY__BACKEND"),
+        (
+            "IMAGE_GATEWAY_SERVER_LISTEN",
+            "server.listen",
+            "IMAGE_GATEWAY__SERVER__LISTEN",
+        ),
+    ] {
+        let err = Settings::load_from(None, env(&[(var, "sk-x")])).unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        assert!(
+            err.message.contains(var) && err.message.contains(right),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("sk-x"), "{err}");
+    }
+}
+
+#[test]
+fn other_single_underscore_variables_are_warned_about_and_tool_variables_are_not() {
+    let s = Settings::load_from(
+        None,
+        env(&[
+            ("IMAGE_GATEWAY_COLOUR", "blue"),
+            ("IMAGE_GATEWAY_CONFIG", "/etc/gw.toml"),
+            ("IMAGE_GATEWAY_REQUIRE_REDIS", "1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0].contains("IMAGE_GATEWAY_COLOUR"),
+        "{:?}",
+        s.warnings
+    );
+}
+
+#[test]
+fn choice_words_round_trip_through_the_file_format() {
+    fn round_trip<T>(words: &[&str])
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        for word in words {
+            #[derive(serde::Deserialize, serde::Serialize)]
+            struct W<T> {
+                v: T,
+            }
+            let parsed: W<T> = toml::from_str(&format!("v = \"{word}\"")).unwrap();
+            let back = toml::to_string(&parsed).unwrap();
+            assert_eq!(back.trim(), format!("v = \"{word}\""));
+        }
+    }
+    round_trip::<BackendChoice>(BackendChoice::WORDS);
+    round_trip::<FalMode>(FalMode::WORDS);
+    round_trip::<CacheScope>(CacheScope::WORDS);
+    round_trip::<LogFormat>(LogFormat::WORDS);
+}
+
+/// docs/configuration.md lists every choice's words and every numeric
+/// range; this prints the table to paste when they disagree.
+#[test]
+fn the_documented_allowed_values_match_the_code() {
+    let mut table = String::from("| key | allowed values |\n|---|---|\n");
+    for (key, words) in validate::choices() {
+        table.push_str(&format!("| `{key}` | {} |\n", choice::list(words)));
+    }
+    for range in validate::RANGES {
+        let unit = range.unit();
+        let sep = if unit.is_empty() { "" } else { " " };
+        table.push_str(&format!(
+            "| `{}` | {} to {}{sep}{unit} |\n",
+            range.key, range.min, range.max
+        ));
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    assert!(
+        doc.contains(&table),
+        "docs/configuration.md should hold this table (under \"Allowed values\"):\n{table}"
+    );
+}

@@ -1,9 +1,152 @@
 //! Start-up checks: every value that could fail later fails here instead,
 //! with a message naming its key.
+//!
+//! Every numeric setting has a row in [`RANGES`] (a test checks): its
+//! allowed minimum and maximum, which `--check-config` and start-up enforce
+//! and every message about that key states. The maxima keep each value
+//! where the code using it cannot overflow or panic (a deadline past the
+//! clock's end, a cache TTL over moka's limit, thousands of worker threads).
 
 use std::net::SocketAddr;
 
 use super::{BackendChoice, ConfigError, Settings};
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+
+/// The allowed values of one numeric setting, bounds included.
+#[derive(Debug)]
+pub(crate) struct Range {
+    pub key: &'static str,
+    pub min: u64,
+    pub max: u64,
+}
+
+const fn range(key: &'static str, min: u64, max: u64) -> Range {
+    Range { key, min, max }
+}
+
+/// Every numeric setting and its allowed values. Add a row with each new
+/// numeric setting (`numeric_settings_all_have_a_range` fails otherwise).
+pub(crate) const RANGES: &[Range] = &[
+    // Threads: more than this is a typo, and actix refuses absurd counts by panicking.
+    range("server.workers", 0, 1024),
+    range("server.max_body_bytes", 1, GIB),
+    range("server.max_prompt_chars", 1, 1_000_000),
+    range("server.request_timeout_seconds", 1, DAY),
+    // actix measures this against a clock refreshed every 500 ms, so
+    // shorter values can expire before a prompt client finishes.
+    range("server.client_header_timeout_ms", 1_000, 10 * MINUTE * 1000),
+    range("server.client_body_timeout_ms", 1, HOUR * 1000),
+    range("server.keep_alive_seconds", 0, HOUR),
+    range("server.shutdown_grace_seconds", 0, HOUR),
+    range("server.stream_keepalive_seconds", 1, HOUR),
+    range("fal.poll_initial_delay_ms", 0, MINUTE * 1000),
+    range("fal.poll_max_delay_ms", 1, 10 * MINUTE * 1000),
+    range("fal.max_retries", 0, 20),
+    range("fal.retry_base_delay_ms", 1, MINUTE * 1000),
+    range("fal.retry_max_delay_ms", 1, 10 * MINUTE * 1000),
+    range("fal.connect_timeout_ms", 1, 5 * MINUTE * 1000),
+    range("fal.call_timeout_seconds", 1, DAY),
+    range("fal.max_response_bytes", 1, 4 * GIB),
+    range("fal.pool_max_idle_per_host", 0, 65_536),
+    range("cache.max_bytes", 1, TIB),
+    range("cache.ttl_seconds", 1, 365 * DAY),
+    range("cache.redis_timeout_ms", 1, MINUTE * 1000),
+    range("cache.redis_lock_ttl_ms", 3, HOUR * 1000),
+    range("cache.redis_wait_timeout_ms", 0, HOUR * 1000),
+    range("files.ttl_seconds", 1, 365 * DAY),
+    range("files.max_bytes", 1, TIB),
+    range("local.delay_ms", 0, 10 * MINUTE * 1000),
+    // tokio's semaphore holds at most usize::MAX >> 3 permits; a million is plenty.
+    range("limits.max_concurrent_jobs", 1, 1_000_000),
+    range("limits.max_queued_jobs", 0, 100_000_000),
+    range("limits.requests_per_minute", 0, u32::MAX as u64),
+    range("limits.images_per_minute", 0, u32::MAX as u64),
+];
+
+/// Every setting that takes one word of a fixed set, and its words (the
+/// documentation test lists them).
+#[cfg(test)]
+pub(crate) fn choices() -> Vec<(&'static str, &'static [&'static str])> {
+    use super::{CacheScope, FalMode, LogFormat};
+    vec![
+        ("backend", BackendChoice::WORDS),
+        ("fal.mode", FalMode::WORDS),
+        ("cache.scope", CacheScope::WORDS),
+        ("log.format", LogFormat::WORDS),
+    ]
+}
+
+/// The range declared for `key`, if it is numeric.
+pub(crate) fn range_of(key: &str) -> Option<&'static Range> {
+    RANGES.iter().find(|r| r.key == key)
+}
+
+impl Range {
+    /// The unit the key's name ends with, spelled out (or empty).
+    pub(crate) fn unit(&self) -> &'static str {
+        match self.key.rsplit('_').next() {
+            Some("seconds") => "seconds",
+            Some("ms") => "milliseconds",
+            Some("bytes") => "bytes",
+            _ => "",
+        }
+    }
+
+    /// `a whole number from 1 to 86400 (seconds)`
+    pub(crate) fn describe(&self) -> String {
+        let text = format!("a whole number from {} to {}", self.min, self.max);
+        match self.unit() {
+            "" => text,
+            unit => format!("{text} ({unit})"),
+        }
+    }
+}
+
+/// Every leaf of the settings as (`section.key`, value); a list (the model
+/// table) is one leaf.
+fn leaves(settings: &Settings) -> Vec<(String, serde_json::Value)> {
+    fn walk(prefix: &str, value: serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            leaf => out.push((prefix.to_owned(), leaf)),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = serde_json::to_value(settings) {
+        walk("", value, &mut out);
+    }
+    out
+}
+
+/// Every setting's key, `backend` and `server.listen` alike.
+pub(crate) fn setting_keys(settings: &Settings) -> Vec<String> {
+    leaves(settings).into_iter().map(|(k, _)| k).collect()
+}
+
+/// Every numeric setting as (`section.key`, value).
+pub(crate) fn numeric_settings(settings: &Settings) -> Vec<(String, Option<u64>)> {
+    leaves(settings)
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::Number(n) => Some((k, n.as_u64())),
+            _ => None,
+        })
+        .collect()
+}
 
 impl Settings {
     /// Checks every value that could fail later, so start-up fails instead.
@@ -23,17 +166,7 @@ impl Settings {
                 "`fal` needs a fal API key: set FAL_KEY (or fal.key), or use `auto`/`local`",
             ));
         }
-        // actix measures this against a clock refreshed every 500 ms, so
-        // shorter values can expire before a prompt client finishes.
-        if self.server.client_header_timeout_ms < 1000 {
-            return Err(ConfigError::new(
-                "server.client_header_timeout_ms",
-                "must be at least 1000",
-            ));
-        }
-        for (key, value) in self.must_be_positive() {
-            positive(key, value)?;
-        }
+        self.check_ranges()?;
         self.validate_redis()?;
         if self.files.ttl_seconds < self.cache.ttl_seconds {
             return Err(ConfigError::new(
@@ -62,43 +195,6 @@ impl Settings {
             return Err(ConfigError::new("log.level", e.to_string()));
         }
         Ok(())
-    }
-
-    /// Values for which 0 means nothing sensible.
-    fn must_be_positive(&self) -> [(&'static str, u64); 18] {
-        let (server, fal) = (&self.server, &self.fal);
-        [
-            ("server.max_body_bytes", server.max_body_bytes as u64),
-            ("server.max_prompt_chars", server.max_prompt_chars as u64),
-            (
-                "server.request_timeout_seconds",
-                server.request_timeout_seconds,
-            ),
-            (
-                "server.client_body_timeout_ms",
-                server.client_body_timeout_ms,
-            ),
-            (
-                "server.stream_keepalive_seconds",
-                server.stream_keepalive_seconds,
-            ),
-            ("fal.poll_max_delay_ms", fal.poll_max_delay_ms),
-            ("fal.retry_base_delay_ms", fal.retry_base_delay_ms),
-            ("fal.retry_max_delay_ms", fal.retry_max_delay_ms),
-            ("fal.connect_timeout_ms", fal.connect_timeout_ms),
-            ("fal.call_timeout_seconds", fal.call_timeout_seconds),
-            ("fal.max_response_bytes", fal.max_response_bytes as u64),
-            ("cache.max_bytes", self.cache.max_bytes),
-            ("cache.ttl_seconds", self.cache.ttl_seconds),
-            ("cache.redis_timeout_ms", self.cache.redis_timeout_ms),
-            ("cache.redis_lock_ttl_ms", self.cache.redis_lock_ttl_ms),
-            ("files.ttl_seconds", self.files.ttl_seconds),
-            ("files.max_bytes", self.files.max_bytes),
-            (
-                "limits.max_concurrent_jobs",
-                self.limits.max_concurrent_jobs as u64,
-            ),
-        ]
     }
 
     fn validate_redis(&self) -> Result<(), ConfigError> {
@@ -148,11 +244,26 @@ impl Settings {
     }
 }
 
-fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(ConfigError::new(key, "must be greater than 0"));
+impl Settings {
+    /// Every numeric setting within its [`RANGES`] row.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        for (key, value) in numeric_settings(self) {
+            let Some(range) = range_of(&key) else {
+                continue;
+            };
+            match value {
+                Some(v) if (range.min..=range.max).contains(&v) => {}
+                shown => {
+                    let shown = shown.map_or_else(|| "the value".to_owned(), |v| format!("`{v}`"));
+                    return Err(ConfigError::new(
+                        &key,
+                        format!("{shown} is out of range; allowed: {}", range.describe()),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

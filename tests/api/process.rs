@@ -342,7 +342,7 @@ fn flags_and_bad_configuration_are_explained() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 7] = [
         (
             &[("IMAGE_GATEWAY__SERVER__LISTEN", "nowhere")],
             "server.listen",
@@ -356,16 +356,33 @@ fn flags_and_bad_configuration_are_explained() {
             &[("IMAGE_GATEWAY__CACHE__TTL_SECONDS", "soon")],
             "cache.ttl_seconds",
         ),
+        (
+            &[("IMAGE_GATEWAY__BACKEND", "gpu")],
+            "`auto`, `fal`, `local`",
+        ),
+        (
+            &[("IMAGE_GATEWAY__SERVER__WORKERS", "100000")],
+            "from 0 to 1024",
+        ),
+        // Read by nobody: left alone it would leave the gateway open.
+        (
+            &[("IMAGE_GATEWAY_AUTH__API_KEYS", "sk-one")],
+            "IMAGE_GATEWAY__AUTH__API_KEYS",
+        ),
     ];
-    for (env, key) in cases {
-        let out = Command::new(BIN)
-            .env_clear()
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
-        assert!(err.contains(key), "{env:?}: {err}");
+    for (env, needle) in cases {
+        for args in [&[][..], &["--check-config"][..]] {
+            let out = Command::new(BIN)
+                .env_clear()
+                .envs(env.iter().copied())
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{env:?} {args:?}: {err}");
+            assert!(err.contains(needle), "{env:?} {args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{env:?} {args:?}: {err}");
+        }
     }
     let missing = Command::new(BIN)
         .args(["--config", "/nonexistent/gateway.toml"])
