@@ -67,6 +67,12 @@ pub struct AuthSettings {
 }
 
 fn keys_from_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    Ok(list_or_csv(d)?.into_iter().map(Secret::new).collect())
+}
+
+/// A TOML list, or one comma-separated string (as environment variables
+/// write lists); entries trimmed, empty ones dropped.
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -82,7 +88,6 @@ fn keys_from_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>,
         .into_iter()
         .map(|k| k.trim().to_owned())
         .filter(|k| !k.is_empty())
-        .map(Secret::new)
         .collect())
 }
 
@@ -131,6 +136,15 @@ pub struct FalSettings {
     pub max_response_bytes: usize,
     /// Idle pooled connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
+    /// Hosts whose image links the gateway downloads when a client needs
+    /// the image inline and fal sent a link instead. Each entry matches
+    /// itself and its subdomains. A comma-separated string is accepted too.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub download_hosts: Vec<String>,
+    /// Download from loopback, private, link-local and other non-public
+    /// addresses too (checked after DNS resolution). Off, such links are
+    /// refused whatever their host name; only for tests and private mirrors.
+    pub download_private_networks: bool,
 }
 
 impl Default for FalSettings {
@@ -150,6 +164,8 @@ impl Default for FalSettings {
             call_timeout_seconds: 60,
             max_response_bytes: 64 * 1024 * 1024,
             pool_max_idle_per_host: 256,
+            download_hosts: vec!["fal.media".into()],
+            download_private_networks: false,
         }
     }
 }

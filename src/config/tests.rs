@@ -47,6 +47,29 @@ fn fixed_environment_names_are_honoured() {
 }
 
 #[test]
+fn download_hosts_default_to_fal_media_and_take_a_comma_separated_list() {
+    let s = Settings::load_from(None, env(&[])).unwrap();
+    assert_eq!(s.fal.download_hosts, ["fal.media"]);
+    assert!(!s.fal.download_private_networks);
+    let s = Settings::load_from(
+        None,
+        env(&[
+            (
+                "IMAGE_GATEWAY__FAL__DOWNLOAD_HOSTS",
+                "fal.media, cdn.example.com,10.0.0.7,::1",
+            ),
+            ("IMAGE_GATEWAY__FAL__DOWNLOAD_PRIVATE_NETWORKS", "true"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.fal.download_hosts,
+        ["fal.media", "cdn.example.com", "10.0.0.7", "::1"]
+    );
+    assert!(s.fal.download_private_networks);
+}
+
+#[test]
 fn a_single_numeric_client_key_stays_a_string() {
     let s = Settings::load_from(None, env(&[("IMAGE_GATEWAY__AUTH__API_KEYS", "12345")])).unwrap();
     assert_eq!(s.auth.api_keys[0].expose(), "12345");
@@ -105,6 +128,16 @@ fn invalid_values_name_their_key() {
         ),
         ("IMAGE_GATEWAY__MODELS__DEFAULT", "nope", "models.default"),
         ("IMAGE_GATEWAY__LOG__LEVEL", "=[", "log.level"),
+        (
+            "IMAGE_GATEWAY__FAL__DOWNLOAD_HOSTS",
+            "fal.media,https://evil.example",
+            "fal.download_hosts",
+        ),
+        (
+            "IMAGE_GATEWAY__FAL__DOWNLOAD_HOSTS",
+            "fal.media:443",
+            "fal.download_hosts",
+        ),
     ];
     for (var, value, key) in cases {
         let err = Settings::load_from(None, env(&[(var, value)])).unwrap_err();

@@ -160,6 +160,9 @@ impl Settings {
         }
         parse_http_url("fal.queue_url", &self.fal.queue_url)?;
         parse_http_url("fal.run_url", &self.fal.run_url)?;
+        for host in &self.fal.download_hosts {
+            check_host("fal.download_hosts", host)?;
+        }
         if self.backend == BackendChoice::Fal && self.fal.key.is_none() {
             return Err(ConfigError::new(
                 "backend",
@@ -273,6 +276,22 @@ fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
             format!("`{value}` is not an address like 0.0.0.0:8080 or [::1]:8080"),
         )
     })
+}
+
+/// A bare host name or IP address (no scheme, port or path).
+fn check_host(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let name = value.trim_end_matches('.').to_ascii_lowercase();
+    let parsed = reqwest::Url::parse(&format!("http://{name}/"));
+    match parsed {
+        Ok(url) if url.host_str() == Some(name.as_str()) && url.port().is_none() => Ok(()),
+        _ => Err(ConfigError::new(
+            key,
+            format!("`{value}` is not a bare host name like fal.media or an IP address"),
+        )),
+    }
 }
 
 fn parse_http_url(key: &str, value: &str) -> Result<reqwest::Url, ConfigError> {

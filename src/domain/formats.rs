@@ -99,6 +99,20 @@ impl OutputFormat {
             OutputFormat::Webp => "image/webp",
         }
     }
+
+    /// The format encoded `bytes` are in, by their signature; `None` for
+    /// anything that is not a PNG, JPEG or WebP file.
+    pub fn sniff(bytes: &[u8]) -> Option<Self> {
+        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Some(OutputFormat::Png)
+        } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Some(OutputFormat::Jpeg)
+        } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+            Some(OutputFormat::Webp)
+        } else {
+            None
+        }
+    }
 }
 
 /// How images travel back to the client.
@@ -145,5 +159,30 @@ mod tests {
             assert_eq!(OutputFormat::from_name(f.as_str()), Some(f));
         }
         assert_eq!(OutputFormat::from_name("gif"), None);
+    }
+
+    #[test]
+    fn formats_are_told_by_their_signature() {
+        assert_eq!(
+            OutputFormat::sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+            Some(OutputFormat::Png)
+        );
+        assert_eq!(
+            OutputFormat::sniff(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10]),
+            Some(OutputFormat::Jpeg)
+        );
+        assert_eq!(
+            OutputFormat::sniff(b"RIFF\x10\0\0\0WEBPVP8 "),
+            Some(OutputFormat::Webp)
+        );
+        for other in [
+            &b""[..],
+            b"# HELP image_gateway_build_info",
+            b"RIFF\x10\0\0\0WAVEfmt ",
+            b"GIF89a",
+            b"<svg xmlns=",
+        ] {
+            assert_eq!(OutputFormat::sniff(other), None, "{other:?}");
+        }
     }
 }

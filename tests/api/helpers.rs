@@ -36,6 +36,9 @@ pub fn test_settings(fal: &FakeFal) -> Settings {
     s.fal.poll_max_delay_ms = 20;
     s.fal.retry_base_delay_ms = 5;
     s.fal.retry_max_delay_ms = 50;
+    // The fake serves its image files on loopback.
+    s.fal.download_hosts = vec!["127.0.0.1".into()];
+    s.fal.download_private_networks = true;
     s
 }
 

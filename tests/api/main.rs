@@ -15,3 +15,4 @@ mod properties;
 mod redis;
 mod resilience;
 mod routes;
+mod ssrf;

@@ -24,10 +24,11 @@ use tokio_util::task::TaskTracker;
 
 use super::{ImageBackend, ImageContent, JobContext, JobOutput, Stop};
 use crate::config::{FalMode, FalSettings, Secret};
-use crate::domain::{BackendKind, Job, ResponseFormat};
+use crate::domain::{BackendKind, Job, OutputFormat, ResponseFormat};
 use crate::error::ApiError;
 use crate::metrics::CancelReason;
 
+mod download;
 pub mod errors;
 pub mod sse;
 mod status;
@@ -57,6 +58,7 @@ pub struct FalBackend {
     poll_initial: Duration,
     poll_max: Duration,
     cancels: TaskTracker,
+    downloads: download::Downloads,
 }
 
 impl FalBackend {
@@ -80,6 +82,7 @@ impl FalBackend {
             poll_initial: Duration::from_millis(settings.poll_initial_delay_ms),
             poll_max: Duration::from_millis(settings.poll_max_delay_ms),
             cancels,
+            downloads: download::Downloads::new(settings)?,
         })
     }
 
@@ -214,29 +217,28 @@ impl FalBackend {
         if job.delivery == ResponseFormat::B64Json {
             for image in &mut images {
                 if let ImageContent::Url(url) = &image.content {
-                    image.content = ImageContent::Raw(self.download(url, ctx).await?);
+                    image.content =
+                        ImageContent::Raw(self.download(url, job.output_format, ctx).await?);
                 }
             }
         }
         Ok(images)
     }
 
-    async fn download(&self, url: &str, ctx: &JobContext) -> Result<Bytes, JobError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|_| JobError::Failed(protocol("an image URL that does not parse")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(JobError::Failed(protocol(
-                "an image URL that is not http(s)",
-            )));
-        }
+    /// One image fal linked to, fetched under the SSRF guard of
+    /// [`download`]: an allowed host, a public address, no redirect, and an
+    /// image of the asked format.
+    async fn download(
+        &self,
+        url: &str,
+        format: OutputFormat,
+        ctx: &JobContext,
+    ) -> Result<Bytes, JobError> {
+        let refused = |why: &str| JobError::Failed(protocol(why));
+        let url = self.downloads.check(url).map_err(refused)?;
         let answer = match self
             .upstream
-            .call(
-                Operation::Download,
-                || self.upstream.http.get(parsed.clone()),
-                ctx,
-                true,
-            )
+            .call(Operation::Download, || self.downloads.get(&url), ctx, true)
             .await
         {
             Ok(answer) => answer,
@@ -251,6 +253,7 @@ impl FalBackend {
                 ),
             }));
         }
+        download::check_image(&answer.body, &answer.headers, format).map_err(refused)?;
         Ok(answer.body)
     }
 
