@@ -415,3 +415,107 @@ async fn the_binary_starts_on_the_offline_backend_without_a_fal_key() {
         "the open-gateway warning is logged"
     );
 }
+
+#[actix_web::test]
+async fn no_form_of_redis_password_is_printed_at_start_in_check_config_or_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-redis.sock");
+    let socket = socket.display();
+    let closed = free_port();
+    // Every credential form the redis crate reads; none reachable, so each
+    // gateway also logs its "Redis is unreachable" warning.
+    let accepted = [
+        format!("redis://user:pw-SECRET-1@127.0.0.1:{closed}/0"),
+        format!("redis://:pw-SECRET-2@127.0.0.1:{closed}"),
+        format!("redis://:pw%2FSECRET%40-3@127.0.0.1:{closed}/1"),
+        format!("redis://127.0.0.1:{closed}/0?password=pw-SECRET-4"),
+        format!("redis://u:pw@SECRET@5@127.0.0.1:{closed}/3"),
+        format!("unix://{socket}?pass=pw-SECRET-6"),
+        format!("unix://{socket}?db=2&user=bob-SECRET-7&pass=pw-SECRET-7"),
+        format!("redis+unix://{socket}?pass=pw-SECRET-8"),
+    ];
+    // Refused at start-up: the error names the key, never the password.
+    let refused = [
+        format!("redis://:pw/SECRET/9@127.0.0.1:{closed}"),
+        format!("redis://:pw?SECRET?10@127.0.0.1:{closed}"),
+        format!("redis://:pw#SECRET#11@127.0.0.1:{closed}"),
+        format!("rediss://:pw-SECRET-12@127.0.0.1:{closed}"),
+        format!("valkey://default:pw-SECRET-13@127.0.0.1:{closed}"),
+        "pw-SECRET-14".to_owned(),
+    ];
+
+    let check_config = |url: &str| {
+        let out = Command::new(BIN)
+            .env_clear()
+            .arg("--check-config")
+            .env("IMAGE_GATEWAY__CACHE__REDIS_URL", url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    for url in &accepted {
+        let (code, text) = check_config(url);
+        assert_eq!(code, Some(0), "{url}: {text}");
+        assert!(text.contains("redis_url = \""), "{text}");
+        assert!(
+            !text.contains("SECRET"),
+            "--check-config prints {url}: {text}"
+        );
+    }
+    for url in &refused {
+        let (code, text) = check_config(url);
+        assert_eq!(code, Some(2), "{url}: {text}");
+        assert!(text.contains("cache.redis_url"), "{text}");
+        assert!(
+            !text.contains("SECRET"),
+            "--check-config prints {url}: {text}"
+        );
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("IMAGE_GATEWAY__CACHE__REDIS_URL", url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {text}");
+        assert!(
+            !text.contains("SECRET"),
+            "start-up error prints {url}: {text}"
+        );
+    }
+
+    let started = futures_util::future::join_all(accepted.iter().map(|url| async move {
+        let gw = Gateway::start(&[
+            ("IMAGE_GATEWAY__CACHE__REDIS_URL", url.clone()),
+            ("RUST_LOG", "debug".into()),
+        ])
+        .await;
+        // A generation makes the gateway use Redis too.
+        let res = reqwest::Client::new()
+            .post(gw.url("/v1/images/generations"))
+            .json(&json!({"prompt":"redis is down"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        for _ in 0..200 {
+            if gw.logs().contains("Redis is unreachable") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        (url, gw)
+    }))
+    .await;
+    for (url, gw) in started {
+        let logs = gw.logs();
+        assert!(
+            logs.contains("shared second-level cache in Redis"),
+            "{url}: {logs}"
+        );
+        assert!(logs.contains("Redis is unreachable"), "{url}: {logs}");
+        assert!(!logs.contains("SECRET"), "the logs print {url}: {logs}");
+    }
+}
