@@ -20,7 +20,7 @@ impl CacheKey {
             h.update((bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         };
-        field(plan.model.endpoint.full().as_bytes());
+        field(plan.model.endpoint().full().as_bytes());
         field(plan.prompt.as_bytes());
         field(plan.aspect_ratio.as_str().as_bytes());
         field(plan.output_format.as_str().as_bytes());

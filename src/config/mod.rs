@@ -13,6 +13,7 @@ use choice::choice;
 mod choice;
 mod error;
 mod models;
+mod profiles;
 mod secret;
 mod sections;
 #[cfg(test)]
@@ -20,7 +21,8 @@ mod tests;
 mod validate;
 
 pub use error::ConfigError;
-pub use models::{ModelEntry, ModelSettings, OPENAI_MODEL_ALIASES};
+pub use models::{ModelEntry, ModelSettings, OPENAI_MODEL_ALIASES, Successors};
+pub use profiles::{CustomSizeEntry, PriceEntry, ProfileEntry, Usd};
 pub use secret::{RedisUrl, Secret};
 pub use sections::{
     AuthSettings, CacheScope, CacheSettings, FalMode, FalSettings, FileSettings, LimitSettings,

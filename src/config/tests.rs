@@ -170,7 +170,7 @@ fn the_annotated_example_holds_every_key_with_its_default_and_env_name() {
         let keys: Vec<(String, String)> = match value {
             toml::Value::Table(t) => t
                 .keys()
-                .filter(|k| !(section == "models" && *k == "catalog"))
+                .filter(|k| !(section == "models" && (*k == "catalog" || *k == "profiles")))
                 .map(|k| {
                     (
                         format!("{section}.{k}"),
@@ -211,7 +211,7 @@ fn the_documented_configuration_table_matches_the_example() {
         let entries: Vec<(String, String, String)> = match value {
             toml::Value::Table(t) => t
                 .iter()
-                .filter(|(k, _)| !(section == "models" && *k == "catalog"))
+                .filter(|(k, _)| !(section == "models" && (*k == "catalog" || *k == "profiles")))
                 .map(|(k, v)| {
                     (
                         format!("{section}.{k}"),
@@ -555,8 +555,8 @@ fn file_mistakes_name_the_key_and_the_file() {
         ("backend = \"gpu\"\n", "backend", "`gpu` is not one of"),
         ("[server]\nworkers = \n", "--config", "line 2"),
         (
-            "[[models.catalog]]\nid = \"x\"\n",
-            "models.catalog[0].endpoint",
+            "[[models.catalog]]\nendpoint = \"fal-ai/flux/dev\"\n",
+            "models.catalog[0].id",
             "required",
         ),
         (
@@ -652,6 +652,7 @@ fn choice_words_round_trip_through_the_file_format() {
     round_trip::<FalMode>(FalMode::WORDS);
     round_trip::<CacheScope>(CacheScope::WORDS);
     round_trip::<LogFormat>(LogFormat::WORDS);
+    round_trip::<Successors>(Successors::WORDS);
 }
 
 /// docs/configuration.md lists every choice's words and every numeric

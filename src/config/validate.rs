@@ -66,18 +66,22 @@ pub(crate) const RANGES: &[Range] = &[
     range("limits.max_queued_jobs", 0, 100_000_000),
     range("limits.requests_per_minute", 0, u32::MAX as u64),
     range("limits.images_per_minute", 0, u32::MAX as u64),
+    range("models.gone_skip_seconds", 1, DAY),
+    // fal's start timeout must be more than one second.
+    range("models.start_timeout_seconds", 2, HOUR),
 ];
 
 /// Every setting that takes one word of a fixed set, and its words (the
 /// documentation test lists them).
 #[cfg(test)]
 pub(crate) fn choices() -> Vec<(&'static str, &'static [&'static str])> {
-    use super::{CacheScope, FalMode, LogFormat};
+    use super::{CacheScope, FalMode, LogFormat, Successors};
     vec![
         ("backend", BackendChoice::WORDS),
         ("fal.mode", FalMode::WORDS),
         ("cache.scope", CacheScope::WORDS),
         ("log.format", LogFormat::WORDS),
+        ("models.successors", Successors::WORDS),
     ]
 }
 

@@ -66,7 +66,7 @@ impl GenerationPlan {
             .into_iter()
             .map(|num_images| {
                 let job = Job {
-                    endpoint: self.model.endpoint.clone(),
+                    endpoint: self.model.endpoint().clone(),
                     model_id: model_id.clone(),
                     prompt: self.prompt.clone(),
                     aspect_ratio: self.aspect_ratio,

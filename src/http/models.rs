@@ -30,7 +30,7 @@ fn object<'a>(name: &'a str, model: &'a Model, state: &AppState) -> ModelObject<
         object: "model",
         created: CREATED,
         owned_by: "fal-ai",
-        endpoint: model.endpoint.full(),
+        endpoint: model.endpoint().full(),
         backend: state.service.backend_kind().as_str(),
         alias_of: (name != model.id).then_some(model.id.as_str()),
     }

@@ -435,7 +435,7 @@ mod tests {
         ];
         for (model, endpoint, format) in table {
             let plan = plan_json(&format!(r#"{{"prompt":"x","model":"{model}"}}"#)).unwrap();
-            assert_eq!(plan.model.endpoint.full(), endpoint, "{model}");
+            assert_eq!(plan.model.endpoint().full(), endpoint, "{model}");
             assert_eq!(plan.response_format, format, "{model}");
         }
         let plan =
