@@ -108,6 +108,49 @@ pub enum ApiError {
     /// A bug: never expected.
     #[error("internal error")]
     Internal,
+    /// An upstream endpoint could not serve the job for a reason another
+    /// endpoint of the model's chain might not share (see [`Fallback`]).
+    /// The generation service tries the next endpoint, or answers `cause`;
+    /// everywhere else this renders exactly as `cause`.
+    #[error("{cause}")]
+    EndpointUnavailable {
+        reason: Fallback,
+        cause: Box<ApiError>,
+    },
+}
+
+/// Why an endpoint could not serve a job, in the cases where the next
+/// endpoint of a chain is tried. Never the client's own errors (validation,
+/// content policy), a cancel, a passed deadline, or a job that made images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fallback {
+    /// The endpoint does not exist (any more): 404 or 410 at submit.
+    Gone,
+    /// 5xx or unreachable, after the upstream call's retries.
+    Failing,
+    /// 429 after retries: no capacity for this job now.
+    Capacity,
+    /// The job did not start within its start timeout.
+    StartTimeout,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 4] = [
+        Fallback::Gone,
+        Fallback::Failing,
+        Fallback::Capacity,
+        Fallback::StartTimeout,
+    ];
+
+    /// The metric label and log word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Gone => "gone",
+            Fallback::Failing => "failing",
+            Fallback::Capacity => "capacity",
+            Fallback::StartTimeout => "start_timeout",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -151,9 +194,45 @@ impl ApiError {
         }
     }
 
+    /// Mark this error as an endpoint that could not serve, for `reason`.
+    pub fn unavailable(self, reason: Fallback) -> Self {
+        match self {
+            // A marked error keeps its first reason.
+            e @ ApiError::EndpointUnavailable { .. } => e,
+            cause => ApiError::EndpointUnavailable {
+                reason,
+                cause: Box::new(cause),
+            },
+        }
+    }
+
+    /// Why the endpoint could not serve, when the next one may be tried.
+    pub fn fallback(&self) -> Option<Fallback> {
+        match self {
+            ApiError::EndpointUnavailable { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// The error the client sees: a marked error's cause.
+    pub fn into_cause(self) -> ApiError {
+        match self {
+            ApiError::EndpointUnavailable { cause, .. } => *cause,
+            e => e,
+        }
+    }
+
+    /// The error as rendered: a marked error's cause.
+    fn shown(&self) -> &ApiError {
+        match self {
+            ApiError::EndpointUnavailable { cause, .. } => cause.shown(),
+            e => e,
+        }
+    }
+
     /// OpenAI's `type` field.
     pub fn error_type(&self) -> &'static str {
-        match self {
+        match self.shown() {
             ApiError::InvalidRequest { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::RequestTimeout
@@ -171,13 +250,15 @@ impl ApiError {
             | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::ShuttingDown
-            | ApiError::Internal => "server_error",
+            | ApiError::Internal
+            // Never shown: `shown()` unwraps it.
+            | ApiError::EndpointUnavailable { .. } => "server_error",
         }
     }
 
     /// OpenAI's `code` field: stable snake_case strings.
     pub fn code(&self) -> Option<&'static str> {
-        match self {
+        match self.shown() {
             ApiError::InvalidRequest { code, .. } => *code,
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
             ApiError::RequestTimeout => Some("request_timeout"),
@@ -194,12 +275,12 @@ impl ApiError {
             ApiError::UpstreamTimeout { .. } => Some("upstream_timeout"),
             ApiError::ClientClosedRequest => Some("client_closed_request"),
             ApiError::ShuttingDown => Some("server_shutting_down"),
-            ApiError::Internal => Some("internal_error"),
+            ApiError::Internal | ApiError::EndpointUnavailable { .. } => Some("internal_error"),
         }
     }
 
     pub fn param(&self) -> Option<&str> {
-        match self {
+        match self.shown() {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
             ApiError::ModelNotFound { .. } => Some("model"),
             ApiError::ContentPolicy { .. } => Some("prompt"),
@@ -209,7 +290,7 @@ impl ApiError {
 
     /// The text a client sees.
     pub fn message(&self) -> String {
-        match self {
+        match self.shown() {
             ApiError::Unauthorized { message } => (*message).to_owned(),
             ApiError::ModelNotFound { model } => format!(
                 "The model `{model}` does not exist. GET /v1/models lists the models this gateway serves."
@@ -230,7 +311,7 @@ impl ApiError {
     /// The message as logged: the client's message, except where it may
     /// quote the prompt (fal's content-policy text), which logs never hold.
     pub fn log_cause(&self) -> String {
-        match self {
+        match self.shown() {
             ApiError::ContentPolicy { .. } => "the image backend rejected the prompt".into(),
             other => other.message(),
         }
@@ -239,7 +320,7 @@ impl ApiError {
     /// Whether a retry could ever help; sent as `x-should-retry`, which the
     /// SDKs obey over their own status-based rule.
     fn should_retry(&self) -> Option<bool> {
-        match self {
+        match self.shown() {
             ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
             | ApiError::UpstreamRateLimited { .. }
@@ -254,7 +335,7 @@ impl ApiError {
     }
 
     fn retry_after(&self) -> Option<u64> {
-        match self {
+        match self.shown() {
             ApiError::RateLimited {
                 retry_after_seconds,
                 ..
@@ -276,7 +357,7 @@ impl ApiError {
 
     /// A bounded label for metrics and logs.
     pub fn outcome_label(&self) -> &'static str {
-        match self {
+        match self.shown() {
             ApiError::ContentPolicy { .. } => "content_policy",
             ApiError::UpstreamAuth => "auth_error",
             ApiError::UpstreamRateLimited { .. } => "rate_limited",
@@ -307,7 +388,7 @@ impl ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
+        match self.shown() {
             ApiError::InvalidRequest { .. }
             | ApiError::Unsupported { .. }
             | ApiError::ContentPolicy { .. } => StatusCode::BAD_REQUEST,
@@ -326,7 +407,9 @@ impl ResponseError for ApiError {
             ApiError::UpstreamUnavailable { .. } | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal | ApiError::EndpointUnavailable { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -525,6 +608,34 @@ mod tests {
         assert!(!e.log_cause().contains("a secret prompt"));
         let other = ApiError::deadline(3, "; the upstream job was cancelled");
         assert_eq!(other.log_cause(), other.message());
+    }
+
+    #[test]
+    fn an_endpoint_marked_unavailable_renders_as_its_cause() {
+        let cause = ApiError::UpstreamRateLimited {
+            retry_after_seconds: 7,
+        };
+        let marked = cause.clone().unavailable(Fallback::Capacity);
+        assert_eq!(marked.fallback(), Some(Fallback::Capacity));
+        assert_eq!(marked.status_code(), cause.status_code());
+        assert_eq!(body_of(&marked), body_of(&cause));
+        assert_eq!(
+            marked
+                .error_response()
+                .headers()
+                .get("retry-after")
+                .unwrap(),
+            "7"
+        );
+        assert_eq!(marked.outcome_label(), "rate_limited");
+        // The first reason stands; unwrapping gives the cause back.
+        let twice = marked.unavailable(Fallback::Gone);
+        assert_eq!(twice.fallback(), Some(Fallback::Capacity));
+        assert!(matches!(
+            twice.into_cause(),
+            ApiError::UpstreamRateLimited { .. }
+        ));
+        assert_eq!(cause.fallback(), None);
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub struct Job {
     /// Whether the images must come back inline (`b64_json`) or may be links.
     pub delivery: ResponseFormat,
     pub seed: Option<u32>,
+    /// How long the job may wait to start before it is abandoned so the
+    /// chain's next endpoint can serve (`None`: the request deadline). A
+    /// backend with a queue sends the smaller of this and the time left as
+    /// its start timeout (fal: `X-Fal-Request-Timeout`).
+    pub start_timeout: Option<std::time::Duration>,
 }
 
 /// `n` images as jobs of at most [`MAX_IMAGES_PER_JOB`]: 10 -> [4, 4, 2].
@@ -74,6 +79,7 @@ impl GenerationPlan {
                     num_images,
                     delivery: self.response_format,
                     seed: self.seed.map(|s| s.wrapping_add(first)),
+                    start_timeout: None,
                 };
                 first += u32::from(num_images);
                 job

@@ -522,6 +522,8 @@ fn every_error() -> Vec<ApiError> {
             // Only ever "sent" to a client that already hung up (logged as
             // 499); no client can receive it, so the spec need not list it.
             ApiError::ClientClosedRequest => {}
+            // Renders as its cause, which is listed.
+            ApiError::EndpointUnavailable { .. } => {}
         }
     }
     let limit = |kind| RateLimitHeaders {

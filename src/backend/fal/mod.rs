@@ -30,12 +30,14 @@ use crate::metrics::CancelReason;
 
 mod download;
 pub mod errors;
+pub mod fallback;
 pub mod sse;
 mod status;
 pub mod transport;
 pub mod wire;
 
-use errors::{call_error, classify, protocol};
+use errors::protocol;
+use fallback::{call_error, classify};
 use transport::{Answer, Operation, Upstream, outcome_label};
 use wire::{ImagenInput, Submitted, parse_output};
 
@@ -114,7 +116,7 @@ impl FalBackend {
         let answer = match self.upstream.call(op, build, ctx, retry_transport).await {
             Ok(answer) => answer,
             Err(transport::CallError::Stopped(stop)) => return Err(JobError::Stopped(stop)),
-            Err(e) => return Err(JobError::Failed(call_error(e, ctx))),
+            Err(e) => return Err(JobError::Failed(call_error(op, e, ctx))),
         };
         if !answer.status.is_success() {
             return Err(JobError::Failed(classify(op, &answer)));
@@ -243,7 +245,8 @@ impl FalBackend {
         {
             Ok(answer) => answer,
             Err(transport::CallError::Stopped(stop)) => return Err(JobError::Stopped(stop)),
-            Err(e) => return Err(JobError::Failed(call_error(e, ctx))),
+            // The job made its images: a failed download never moves the chain on.
+            Err(e) => return Err(JobError::Failed(errors::call_error(e, ctx))),
         };
         if !answer.status.is_success() {
             return Err(JobError::Failed(ApiError::Upstream {
