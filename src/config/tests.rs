@@ -277,7 +277,10 @@ fn redis_urls_are_redacted_in_every_form() {
         ("redis://localhost:6379", "redis://localhost:6379"),
         ("redis://:pw@h:1/0", "redis://[redacted]@h:1/0"),
         ("redis://user:p@ss@h/0", "redis://[redacted]@h/0"),
-        ("redis://h:1/0?password=pw", "redis://h:1/0?password=[redacted]"),
+        (
+            "redis://h:1/0?password=pw",
+            "redis://h:1/0?password=[redacted]",
+        ),
         ("unix:///run/redis.sock", "unix:///run/redis.sock"),
         ("not a url with pw", "[redacted]"),
     ];
