@@ -82,7 +82,21 @@ label_enum!(
 );
 label_enum!(
     /// `image_gateway_upstream_cancellations_total{reason}`.
-    CancelReason { Deadline = "deadline", Cancelled = "cancelled" }
+    CancelReason { Deadline = "deadline", Cancelled = "cancelled", Error = "error" }
+);
+label_enum!(
+    /// `image_gateway_upstream_cancel_outcomes_total{outcome}`: fal's answer
+    /// to a cancel, or `failed` when none came after retries.
+    CancelOutcome {
+        CancellationRequested = "cancellation_requested",
+        AlreadyCompleted = "already_completed",
+        NotFound = "not_found",
+        Failed = "failed",
+    }
+);
+label_enum!(
+    /// `image_gateway_upstream_unconfirmed_total{operation}`: the paid calls.
+    PaidCall { Submit = "submit", Run = "run" }
 );
 
 /// How one kind of Prometheus collector is made from a table row.
@@ -190,8 +204,14 @@ families! {
         "Upstream calls retried after a retryable failure, by operation.",
         ["operation"];
     upstream_cancels: IntCounterVec = "image_gateway_upstream_cancellations_total",
-        "Upstream jobs the gateway asked fal to cancel, by reason: deadline (the request deadline passed) or cancelled (nobody waits any more: clients gone, a sibling job failed, or shutdown).",
+        "Upstream jobs the gateway asked fal to cancel, by reason: deadline (the request deadline passed), cancelled (nobody waits any more: clients gone, a sibling job failed, or shutdown) or error (the gateway gave up watching the job after an upstream error).",
         ["reason"], zeros = CancelReason;
+    upstream_cancel_outcomes: IntCounterVec = "image_gateway_upstream_cancel_outcomes_total",
+        "Cancellations by fal's answer (retried as fal's clients retry): cancellation_requested, already_completed (fal had finished, and bills, the job), not_found, or failed (no answer).",
+        ["outcome"], zeros = CancelOutcome;
+    upstream_unconfirmed: IntCounterVec = "image_gateway_upstream_unconfirmed_total",
+        "Paid calls (submit, run) sent to fal that got no answer (a timeout or a reset after the request went out): fal may run and bill the job; they are never repeated.",
+        ["operation"], zeros = PaidCall;
     jobs: IntCounterVec = "image_gateway_upstream_jobs_total",
         "Upstream generation jobs finished, by model and outcome.",
         ["model", "outcome"];

@@ -11,7 +11,7 @@ use super::StartupError;
 use crate::auth::Auth;
 use crate::backend::ImageBackend;
 use crate::backend::fal::FalBackend;
-use crate::backend::fal::transport::{RetryPolicy, Upstream, build_client};
+use crate::backend::fal::transport::Upstream;
 use crate::backend::local::LocalBackend;
 use crate::cache::{MemoryCache, RedisCache};
 use crate::config::Settings;
@@ -33,19 +33,10 @@ fn backend(
     match (settings.backend_kind(), &settings.fal.key) {
         (BackendKind::Fal, Some(key)) => {
             let fal = &settings.fal;
-            let http = build_client(fal)
-                .map_err(|e| StartupError::Setup(format!("cannot build the HTTP client: {e}")))?;
-            let upstream = Arc::new(Upstream {
-                http,
-                max_response_bytes: fal.max_response_bytes,
-                call_timeout: Duration::from_secs(fal.call_timeout_seconds),
-                retry: RetryPolicy {
-                    max_retries: fal.max_retries,
-                    base: Duration::from_millis(fal.retry_base_delay_ms),
-                    cap: Duration::from_millis(fal.retry_max_delay_ms),
-                },
-                metrics: metrics.clone(),
-            });
+            let upstream =
+                Arc::new(Upstream::new(fal, metrics.clone()).map_err(|e| {
+                    StartupError::Setup(format!("cannot build the HTTP client: {e}"))
+                })?);
             let backend =
                 FalBackend::new(fal, key, upstream, tasks.clone()).map_err(StartupError::Setup)?;
             Ok(Arc::new(backend))

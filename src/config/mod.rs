@@ -26,7 +26,7 @@ pub use profiles::{CustomSizeEntry, PriceEntry, ProfileEntry, Usd};
 pub use secret::{RedisUrl, Secret};
 pub use sections::{
     AuthSettings, CacheScope, CacheSettings, FalMode, FalSettings, FileSettings, LimitSettings,
-    LocalSettings, LogFormat, LogSettings, MetricsSettings, ServerSettings,
+    LocalSettings, LogFormat, LogSettings, MetricsSettings, QueuePriority, ServerSettings,
 };
 
 choice! {

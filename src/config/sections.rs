@@ -121,13 +121,47 @@ pub struct FalSettings {
     pub poll_initial_delay_ms: u64,
     /// Longest delay between two status polls.
     pub poll_max_delay_ms: u64,
+    /// Backup host of `queue_url`, tried once when connecting to it fails
+    /// (fal's clients fail over to `https://queue.falrun.com`). Empty: fal's
+    /// backup when `queue_url` is fal's default, none otherwise. The fal key
+    /// is sent there too.
+    pub backup_queue_url: String,
+    /// Backup host of `run_url` (fal's is `https://falrun.com`); empty: as
+    /// for `backup_queue_url`.
+    pub backup_run_url: String,
     /// Retries of one upstream call on what fal's own clients retry
-    /// (408, 409, 429, ingress 502/503/504, transport errors).
+    /// (408, 409, 429, ingress 502/503/504, transport errors). A submit that
+    /// may have reached fal (a timeout or reset after it was sent) is never
+    /// retried: a repeated submit is a second paid job.
     pub max_retries: u32,
-    /// First retry delay; doubles each attempt, with jitter.
+    /// First retry delay; doubles each attempt, with jitter (50%-150%).
     pub retry_base_delay_ms: u64,
     /// Cap on one retry delay.
     pub retry_max_delay_ms: u64,
+    /// Longest time the retries of one call may take, from its first
+    /// attempt (never past the request deadline). fal's Python client
+    /// spends about 23-68 s.
+    pub retry_budget_seconds: u64,
+    /// A status event stream silent for this long (fal sends a comment
+    /// every 15 s) is dropped for polling.
+    pub status_stream_idle_timeout_ms: u64,
+    /// Send `x-app-fal-disable-fallback: true`: fal must not reroute a job
+    /// to an "equivalent" endpoint (and bill that one).
+    pub disable_fallback: bool,
+    /// Let fal keep a copy of inputs and outputs (30 days, its default).
+    /// `false` sends `X-Fal-Store-IO: 0` (prompts and images are not kept).
+    pub store_io: bool,
+    /// Expiry of the CDN files of a job, sent as
+    /// `X-Fal-Object-Lifecycle-Preference`; the `url`s handed to clients stop
+    /// working after it. 0: fal's account setting. At least
+    /// `cache.ttl_seconds` when set.
+    pub object_expiration_seconds: u64,
+    /// fal queue priority (`X-Fal-Queue-Priority`): `normal`, or `low` to
+    /// wait behind every normal request (batch work).
+    pub queue_priority: QueuePriority,
+    /// Submit with `fal_max_queue_length=N`: fal answers 429 (passed on, not
+    /// retried) instead of queueing behind N waiting jobs. 0: off.
+    pub max_queue_length: u32,
     /// TCP connect timeout to fal.
     pub connect_timeout_ms: u64,
     /// Timeout of one upstream HTTP call (never beyond the request deadline).
@@ -151,15 +185,24 @@ impl Default for FalSettings {
     fn default() -> Self {
         Self {
             key: None,
-            queue_url: "https://queue.fal.run".into(),
-            run_url: "https://fal.run".into(),
+            queue_url: FAL_QUEUE_URL.into(),
+            run_url: FAL_RUN_URL.into(),
             mode: FalMode::Queue,
             status_stream: true,
             poll_initial_delay_ms: 50,
             poll_max_delay_ms: 1_000,
-            max_retries: 5,
+            backup_queue_url: String::new(),
+            backup_run_url: String::new(),
+            max_retries: 9,
             retry_base_delay_ms: 100,
             retry_max_delay_ms: 10_000,
+            retry_budget_seconds: 30,
+            status_stream_idle_timeout_ms: 30_000,
+            disable_fallback: true,
+            store_io: true,
+            object_expiration_seconds: 0,
+            queue_priority: QueuePriority::Normal,
+            max_queue_length: 0,
             connect_timeout_ms: 5_000,
             call_timeout_seconds: 60,
             max_response_bytes: 64 * 1024 * 1024,
@@ -167,6 +210,57 @@ impl Default for FalSettings {
             download_hosts: vec!["fal.media".into()],
             download_private_networks: false,
         }
+    }
+}
+
+choice! {
+    /// fal's queue priorities (`X-Fal-Queue-Priority`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum QueuePriority {
+        #[default]
+        Normal = "normal",
+        /// Waits behind every normal request.
+        Low = "low",
+    }
+}
+
+/// fal's hosts and their documented backups.
+pub const FAL_QUEUE_URL: &str = "https://queue.fal.run";
+pub const FAL_RUN_URL: &str = "https://fal.run";
+const FAL_BACKUP_QUEUE_URL: &str = "https://queue.falrun.com";
+const FAL_BACKUP_RUN_URL: &str = "https://falrun.com";
+
+impl FalSettings {
+    /// (primary, backup) base URLs, without trailing slashes.
+    pub fn backup_origins(&self) -> Vec<(String, String)> {
+        let pick = |primary: &str, backup: &str, default: &str, fal_backup: &str| {
+            let primary = primary.trim_end_matches('/');
+            let backup = backup.trim_end_matches('/');
+            if !backup.is_empty() {
+                Some((primary.to_owned(), backup.to_owned()))
+            } else if primary == default {
+                Some((primary.to_owned(), fal_backup.to_owned()))
+            } else {
+                None
+            }
+        };
+        [
+            pick(
+                &self.queue_url,
+                &self.backup_queue_url,
+                FAL_QUEUE_URL,
+                FAL_BACKUP_QUEUE_URL,
+            ),
+            pick(
+                &self.run_url,
+                &self.backup_run_url,
+                FAL_RUN_URL,
+                FAL_BACKUP_RUN_URL,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 

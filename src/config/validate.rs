@@ -51,6 +51,10 @@ pub(crate) const RANGES: &[Range] = &[
     range("fal.retry_max_delay_ms", 1, 10 * MINUTE * 1000),
     range("fal.connect_timeout_ms", 1, 5 * MINUTE * 1000),
     range("fal.call_timeout_seconds", 1, DAY),
+    range("fal.retry_budget_seconds", 1, HOUR),
+    range("fal.status_stream_idle_timeout_ms", 1, HOUR * 1000),
+    range("fal.object_expiration_seconds", 0, 100 * 365 * DAY),
+    range("fal.max_queue_length", 0, u32::MAX as u64),
     range("fal.max_response_bytes", 1, 4 * GIB),
     range("fal.pool_max_idle_per_host", 0, 65_536),
     range("cache.max_bytes", 1, TIB),
@@ -75,10 +79,11 @@ pub(crate) const RANGES: &[Range] = &[
 /// documentation test lists them).
 #[cfg(test)]
 pub(crate) fn choices() -> Vec<(&'static str, &'static [&'static str])> {
-    use super::{CacheScope, FalMode, LogFormat, Successors};
+    use super::{CacheScope, FalMode, LogFormat, QueuePriority, Successors};
     vec![
         ("backend", BackendChoice::WORDS),
         ("fal.mode", FalMode::WORDS),
+        ("fal.queue_priority", QueuePriority::WORDS),
         ("cache.scope", CacheScope::WORDS),
         ("log.format", LogFormat::WORDS),
         ("models.successors", Successors::WORDS),
@@ -166,6 +171,25 @@ impl Settings {
         parse_http_url("fal.run_url", &self.fal.run_url)?;
         for host in &self.fal.download_hosts {
             check_host("fal.download_hosts", host)?;
+        }
+        for (key, value) in [
+            ("fal.backup_queue_url", &self.fal.backup_queue_url),
+            ("fal.backup_run_url", &self.fal.backup_run_url),
+        ] {
+            if !value.is_empty() {
+                parse_http_url(key, value)?;
+            }
+        }
+        if self.fal.object_expiration_seconds > 0
+            && self.fal.object_expiration_seconds < self.cache.ttl_seconds
+        {
+            return Err(ConfigError::new(
+                "fal.object_expiration_seconds",
+                format!(
+                    "must be 0 (fal's account setting) or at least cache.ttl_seconds ({}), or cached answers would link to expired files",
+                    self.cache.ttl_seconds
+                ),
+            ));
         }
         if self.backend == BackendChoice::Fal && self.fal.key.is_none() {
             return Err(ConfigError::new(

@@ -321,10 +321,12 @@ async fn upstream_failures_become_the_documented_openai_errors() {
                 action: FaultAction::CompletedWithError {
                     error: "boom".into(),
                     error_type: "runner_disconnected".into(),
+                    result_status: None,
+                    result_body: None,
                 },
             },
-            status: 502,
-            code: "upstream_error",
+            status: 503,
+            code: "upstream_unavailable",
         },
         Case {
             fault: Fault {
@@ -381,7 +383,7 @@ async fn ingress_errors_are_retried_and_the_retries_counted() {
         action: FaultAction::Respond {
             status: 503,
             headers: vec![],
-            body: "<html><body>503 Service Temporarily Unavailable</body></html>".into(),
+            body: "<html><body><center><h1>503 Service Temporarily Unavailable</h1></center><hr><center>nginx</center></body></html>".into(),
         },
     });
 

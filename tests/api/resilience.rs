@@ -25,6 +25,26 @@ fn respond(op: Op, times: u32, status: u16, headers: &[(&str, &str)], body: &str
     }
 }
 
+/// A job that fails: its status says COMPLETED with `error_type`, its result
+/// answers `result_status` / `result_body` (fal's defaults for the type
+/// when `None`).
+fn completed_with_error(
+    error_type: &str,
+    result_status: Option<u16>,
+    result_body: Option<&str>,
+) -> Fault {
+    Fault {
+        op: Op::Stream,
+        times: 1,
+        action: FaultAction::CompletedWithError {
+            error: format!("the job failed ({error_type})"),
+            error_type: error_type.into(),
+            result_status,
+            result_body: result_body.map(str::to_owned),
+        },
+    }
+}
+
 const NGINX_502: &str = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>";
 const FROM_FAL: (&str, &str) = ("x-fal-request-id", "fal-req-1");
 
@@ -141,11 +161,11 @@ async fn every_upstream_fault_ends_in_its_documented_answer() {
                 &[FROM_FAL, ("x-fal-error-type", "runner_scheduling_failure")],
                 r#"{"detail":"x","error_type":"runner_scheduling_failure"}"#,
             )],
-            status: 502,
-            code: "upstream_error",
+            status: 503,
+            code: "upstream_unavailable",
             submits: 1,
-            retry_after: false,
-            should_retry: None,
+            retry_after: true,
+            should_retry: Some("true"),
         },
         Case {
             name: "504 user start timeout",
@@ -154,8 +174,17 @@ async fn every_upstream_fault_ends_in_its_documented_answer() {
                 0,
                 504,
                 &[("x-fal-request-timeout-type", "user")],
-                "{}",
+                "nginx",
             )],
+            status: 504,
+            code: "upstream_timeout",
+            submits: 1,
+            retry_after: false,
+            should_retry: Some("false"),
+        },
+        Case {
+            name: "503 without nginx's page is fal's own",
+            faults: vec![respond(Op::Submit, 0, 503, &[], r#"{"detail":"x"}"#)],
             status: 502,
             code: "upstream_error",
             submits: 1,
@@ -268,35 +297,55 @@ async fn every_upstream_fault_ends_in_its_documented_answer() {
         },
         Case {
             name: "COMPLETED with request_timeout",
-            faults: vec![Fault {
-                op: Op::Stream,
-                times: 1,
-                action: FaultAction::CompletedWithError {
-                    error: "Request timed out".into(),
-                    error_type: "request_timeout".into(),
-                },
-            }],
-            status: 502,
-            code: "upstream_error",
+            faults: vec![completed_with_error("request_timeout", None, None)],
+            status: 504,
+            code: "upstream_timeout",
             submits: 1,
             retry_after: false,
-            should_retry: None,
+            should_retry: Some("false"),
         },
         Case {
             name: "COMPLETED with runner_scheduling_failure",
-            faults: vec![Fault {
-                op: Op::Stream,
-                times: 1,
-                action: FaultAction::CompletedWithError {
-                    error: "No runner".into(),
-                    error_type: "runner_scheduling_failure".into(),
-                },
-            }],
-            status: 502,
-            code: "upstream_error",
+            faults: vec![completed_with_error(
+                "runner_scheduling_failure",
+                None,
+                None,
+            )],
+            status: 503,
+            code: "upstream_unavailable",
+            submits: 1,
+            retry_after: true,
+            should_retry: Some("true"),
+        },
+        Case {
+            name: "COMPLETED with error whose result is a content-policy 422",
+            faults: vec![completed_with_error(
+                "content_policy_violation",
+                Some(422),
+                Some(
+                    r#"{"detail":[{"loc":["body","prompt"],"msg":"The prompt was flagged","type":"content_policy_violation"}]}"#,
+                ),
+            )],
+            status: 400,
+            code: "content_policy_violation",
             submits: 1,
             retry_after: false,
-            should_retry: None,
+            should_retry: Some("false"),
+        },
+        Case {
+            name: "COMPLETED with error whose result is a validation 422",
+            faults: vec![completed_with_error(
+                "value_error",
+                Some(422),
+                Some(
+                    r#"{"detail":[{"loc":["body","aspect_ratio"],"msg":"Input should be '1:1'","type":"literal_error"}]}"#,
+                ),
+            )],
+            status: 400,
+            code: "",
+            submits: 1,
+            retry_after: false,
+            should_retry: Some("false"),
         },
         Case {
             name: "result 422 content policy",
@@ -323,7 +372,7 @@ async fn every_upstream_fault_ends_in_its_documented_answer() {
                 r#"{"detail":[{"loc":["body","prompt"],"msg":"bad","type":"value_error"}]}"#,
             )],
             status: 400,
-            code: "content_policy_violation",
+            code: "",
             submits: 1,
             retry_after: false,
             should_retry: Some("false"),
@@ -348,7 +397,12 @@ async fn every_upstream_fault_ends_in_its_documented_answer() {
             .await;
         let headers = res.headers().clone();
         let err = expect_error(res, case.status).await;
-        assert_eq!(err["code"], case.code, "{}: {err}", case.name);
+        assert_eq!(
+            err["code"].as_str().unwrap_or(""),
+            case.code,
+            "{}: {err}",
+            case.name
+        );
         assert_eq!(
             app.fal.count(Op::Submit),
             case.submits,
@@ -391,11 +445,13 @@ async fn every_upstream_fault_ends_in_its_documented_answer() {
 
 #[actix_web::test]
 async fn a_hang_anywhere_ends_in_504_with_the_fal_job_cancelled() {
+    // A hung submit has no request id to cancel; a hung result belongs to
+    // a job already done; a hung watch cancels the job.
     for (op, stream, cancels) in [
         (Op::Submit, true, 0),
         (Op::Stream, true, 1),
         (Op::Status, false, 1),
-        (Op::Result, true, 1),
+        (Op::Result, true, 0),
     ] {
         let app = spawn_app_with(|s| {
             s.server.request_timeout_seconds = 1;
@@ -411,7 +467,6 @@ async fn a_hang_anywhere_ends_in_504_with_the_fal_job_cancelled() {
         let err = expect_error(app.post_generation(json!({"prompt":"hang"})).await, 504).await;
 
         assert_eq!(err["code"], "upstream_timeout", "{op:?}");
-        // A hung submit has no request id to cancel; every other hang does.
         eventually("the cancellation", || app.fal.count(Op::Cancel) == cancels).await;
         assert_nothing_left(&app).await;
         let m = app.metrics().await;
@@ -642,4 +697,537 @@ async fn per_key_rate_limits_answer_429_with_openai_headers() {
         ),
         Some(1.0)
     );
+}
+
+/// The calls of one operation the fake received, oldest first.
+fn calls_of(app: &TestApp, op: Op) -> Vec<fake_fal::Call> {
+    app.fal.calls().into_iter().filter(|c| c.op == op).collect()
+}
+
+fn fal_header<'a>(call: &'a fake_fal::Call, name: &str) -> Option<&'a str> {
+    call.fal_headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[actix_web::test]
+async fn a_submit_that_times_out_after_it_was_sent_is_never_repeated() {
+    let app = spawn_app_with(|s| {
+        s.fal.call_timeout_seconds = 1;
+        s.fal.max_retries = 5;
+    })
+    .await;
+    // fal receives the submit and answers only after the gateway gave up.
+    app.fal.inject(Fault {
+        op: Op::Submit,
+        times: 0,
+        action: FaultAction::Delay { ms: 2_500 },
+    });
+
+    let err = expect_error(app.post_generation(json!({"prompt":"pay once"})).await, 502).await;
+
+    assert_eq!(err["code"], "upstream_error");
+    assert!(
+        err["message"].as_str().unwrap().contains("not repeated"),
+        "{err}"
+    );
+    // Whatever else happens, no second paid job.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.fal.count(Op::Submit), 1, "exactly one submit");
+    let m = app.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_unconfirmed_total",
+            &[("operation", "submit")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_retries_total",
+            &[("operation", "submit")]
+        ),
+        None
+    );
+    assert_nothing_left(&app).await;
+}
+
+#[actix_web::test]
+async fn a_deadline_during_submit_cancels_the_job_the_submit_started() {
+    let app = spawn_app_with_fake(
+        FakeConfig {
+            run_ms: 30_000,
+            ..FakeConfig::default()
+        },
+        |s| s.server.request_timeout_seconds = 1,
+    )
+    .await;
+    app.fal.inject(Fault {
+        op: Op::Submit,
+        times: 1,
+        action: FaultAction::Delay { ms: 1_600 },
+    });
+
+    let err = expect_error(app.post_generation(json!({"prompt":"late"})).await, 504).await;
+
+    assert_eq!(err["code"], "upstream_timeout");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("had not confirmed") && !message.contains("was cancelled"),
+        "{message}"
+    );
+    // The submit answers after the deadline; the job it started is cancelled.
+    eventually("the late job is cancelled", || {
+        app.fal.cancelled_jobs() == 1
+    })
+    .await;
+    assert_eq!(app.fal.count(Op::Submit), 1);
+    let m = app.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_cancel_outcomes_total",
+            &[("outcome", "cancellation_requested")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_cancellations_total",
+            &[("reason", "deadline")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[actix_web::test]
+async fn a_client_hanging_up_during_submit_cancels_the_job_the_submit_started() {
+    let app = spawn_app_with_fake(
+        FakeConfig {
+            run_ms: 30_000,
+            ..FakeConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    app.fal.inject(Fault {
+        op: Op::Submit,
+        times: 1,
+        action: FaultAction::Delay { ms: 800 },
+    });
+
+    let gone = app
+        .client
+        .post(app.url("/v1/images/generations"))
+        .header("content-type", "application/json")
+        .body(json!({"prompt":"hang up"}).to_string())
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+
+    assert!(gone.is_err(), "the client gave up first");
+    eventually("the job is cancelled", || app.fal.cancelled_jobs() == 1).await;
+    let m = app.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_cancellations_total",
+            &[("reason", "cancelled")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[actix_web::test]
+async fn a_504_says_cancelled_only_when_fal_confirmed_it() {
+    // (cancel faults, what the 504 must say, fal's cancel calls, outcome)
+    let cases: Vec<(Vec<Fault>, &str, u64, &str)> = vec![
+        (
+            vec![],
+            "the upstream job was cancelled",
+            1,
+            "cancellation_requested",
+        ),
+        (
+            // Retried like fal's clients: ingress errors, then success.
+            vec![respond(Op::Cancel, 2, 503, &[], NGINX_502)],
+            "the upstream job was cancelled",
+            3,
+            "cancellation_requested",
+        ),
+        (
+            vec![respond(Op::Cancel, 0, 500, &[FROM_FAL], "{}")],
+            "may still run",
+            1,
+            "failed",
+        ),
+        (
+            vec![respond(
+                Op::Cancel,
+                1,
+                400,
+                &[FROM_FAL],
+                r#"{"status":"ALREADY_COMPLETED"}"#,
+            )],
+            "too late to be cancelled",
+            1,
+            "already_completed",
+        ),
+    ];
+    for (faults, says, calls, outcome) in cases {
+        let app = spawn_app_with_fake(
+            FakeConfig {
+                queue_ms: 30_000,
+                ..FakeConfig::default()
+            },
+            |s| s.server.request_timeout_seconds = 1,
+        )
+        .await;
+        for f in faults {
+            app.fal.inject(f);
+        }
+
+        let err = expect_error(app.post_generation(json!({"prompt":"slow"})).await, 504).await;
+
+        let message = err["message"].as_str().unwrap();
+        assert!(message.contains(says), "{says}: {message}");
+        if says != "the upstream job was cancelled" {
+            assert!(!message.contains("was cancelled"), "{message}");
+        }
+        assert_eq!(app.fal.count(Op::Cancel), calls, "{says}");
+        let m = app.metrics().await;
+        assert_eq!(
+            series(
+                &m,
+                "image_gateway_upstream_cancel_outcomes_total",
+                &[("outcome", outcome)]
+            ),
+            Some(1.0),
+            "{says}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn a_protocol_error_while_watching_status_cancels_the_job() {
+    let app = spawn_app_with_fake(
+        FakeConfig {
+            queue_ms: 30_000,
+            ..FakeConfig::default()
+        },
+        |s| s.fal.status_stream = false,
+    )
+    .await;
+    app.fal.inject(Fault {
+        op: Op::Status,
+        times: 1,
+        action: FaultAction::UnknownStatus,
+    });
+
+    let err = expect_error(app.post_generation(json!({"prompt":"odd"})).await, 502).await;
+
+    assert_eq!(err["code"], "upstream_error");
+    eventually("the job is cancelled", || app.fal.cancelled_jobs() == 1).await;
+    let m = app.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_cancellations_total",
+            &[("reason", "error")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[actix_web::test]
+async fn submits_carry_a_start_timeout_from_the_deadline_and_fals_controls() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.post_generation(json!({"prompt":"defaults"}))
+            .await
+            .status(),
+        200
+    );
+    let submit = &calls_of(&app, Op::Submit)[0];
+    let timeout: f64 = fal_header(submit, "x-fal-request-timeout")
+        .expect("a start timeout")
+        .parse()
+        .unwrap();
+    // The test deadline is 20 s.
+    assert!((15.0..=20.0).contains(&timeout), "{timeout}");
+    assert_eq!(
+        fal_header(submit, "x-app-fal-disable-fallback"),
+        Some("true")
+    );
+    assert_eq!(fal_header(submit, "x-fal-store-io"), None);
+    assert_eq!(fal_header(submit, "x-fal-queue-priority"), None);
+    assert_eq!(
+        fal_header(submit, "x-fal-object-lifecycle-preference"),
+        None
+    );
+    assert_eq!(submit.query, "");
+
+    let app = spawn_app_with(|s| {
+        s.fal.store_io = false;
+        s.fal.disable_fallback = false;
+        s.fal.object_expiration_seconds = 7_200;
+        s.fal.queue_priority = image_gateway::config::QueuePriority::Low;
+        s.fal.max_queue_length = 3;
+    })
+    .await;
+    assert_eq!(
+        app.post_generation(json!({"prompt":"private"}))
+            .await
+            .status(),
+        200
+    );
+    let submit = &calls_of(&app, Op::Submit)[0];
+    assert_eq!(fal_header(submit, "x-fal-store-io"), Some("0"));
+    assert_eq!(fal_header(submit, "x-app-fal-disable-fallback"), None);
+    assert_eq!(fal_header(submit, "x-fal-queue-priority"), Some("low"));
+    assert_eq!(
+        fal_header(submit, "x-fal-object-lifecycle-preference"),
+        Some(r#"{"expiration_duration_seconds":7200}"#)
+    );
+    assert_eq!(submit.query, "fal_max_queue_length=3");
+    // Status and result calls are not paid: no controls there.
+    let result = &calls_of(&app, Op::Result)[0];
+    assert!(result.fal_headers.is_empty(), "{:?}", result.fal_headers);
+}
+
+#[actix_web::test]
+async fn a_full_short_queue_is_a_429_at_once() {
+    let app = spawn_app_with(|s| s.fal.max_queue_length = 1).await;
+    app.fal.inject(respond(
+        Op::Submit,
+        0,
+        429,
+        &[FROM_FAL],
+        r#"{"detail":"queue full"}"#,
+    ));
+
+    let err = expect_error(app.post_generation(json!({"prompt":"busy"})).await, 429).await;
+
+    assert_eq!(err["code"], "rate_limit_exceeded");
+    assert_eq!(app.fal.count(Op::Submit), 1, "not retried");
+}
+
+#[actix_web::test]
+async fn a_job_that_cannot_start_before_the_deadline_is_dropped_by_fal_and_not_retried() {
+    // fal holds the job queued past the start timeout the gateway sent.
+    let app = spawn_app_with_fake(
+        FakeConfig {
+            queue_ms: 30_000,
+            ..FakeConfig::default()
+        },
+        |s| s.server.request_timeout_seconds = 3,
+    )
+    .await;
+
+    let err = expect_error(app.post_generation(json!({"prompt":"queued"})).await, 504).await;
+
+    assert_eq!(err["code"], "upstream_timeout");
+    assert!(
+        err["message"].as_str().unwrap().contains("could not start"),
+        "{err}"
+    );
+    assert_eq!(app.fal.count(Op::Submit), 1);
+    assert_eq!(app.fal.count(Op::Result), 1);
+}
+
+#[actix_web::test]
+async fn urls_from_the_submit_answer_are_followed_only_on_configured_fal_origins() {
+    // fal advertises URLs under a path of its own choosing on the configured
+    // origin: they are followed, so every status/result call lands there.
+    let app = spawn_app().await;
+    let port = app.fal.port();
+    app.fal.configure(FakeConfig {
+        advertised_base: format!("http://127.0.0.1:{port}/adv"),
+        ..FakeConfig::default()
+    });
+    let res = app
+        .post_generation(json!({"prompt":"follow","response_format":"b64_json"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let followed: Vec<_> = app
+        .fal
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c.op, Op::Stream | Op::Status | Op::Result))
+        .collect();
+    assert!(!followed.is_empty());
+    assert!(
+        followed.iter().all(|c| c.path.starts_with("/adv/")),
+        "{followed:?}"
+    );
+
+    // The same server under another origin (`localhost`) is not configured:
+    // the gateway builds the URLs from queue_url instead.
+    let app = spawn_app_with_fake(FakeConfig::default(), |_| {}).await;
+    let port = app.fal.port();
+    app.fal.configure(FakeConfig {
+        advertised_base: format!("http://localhost:{port}/adv"),
+        ..FakeConfig::default()
+    });
+    let res = app
+        .post_generation(json!({"prompt":"stay","response_format":"b64_json"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let calls = app.fal.calls();
+    assert!(
+        calls.iter().all(|c| !c.path.starts_with("/adv/")),
+        "{calls:?}"
+    );
+    assert_eq!(app.fal.count(Op::Result), 1);
+}
+
+#[actix_web::test]
+async fn a_connect_error_fails_over_to_the_backup_host_once() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let app = spawn_app_with_fake(FakeConfig::default(), |s| {
+        s.fal.backup_queue_url = s.fal.queue_url.clone();
+        s.fal.queue_url = dead.clone();
+    })
+    .await;
+
+    let res = app.post_generation(json!({"prompt":"backup"})).await;
+
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.fal.count(Op::Submit), 1);
+    let m = app.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_retries_total",
+            &[("operation", "submit")]
+        ),
+        None,
+        "the failover is not a retry"
+    );
+}
+
+#[actix_web::test]
+async fn retries_stop_when_their_budget_is_spent() {
+    let app = spawn_app_with(|s| {
+        s.fal.max_retries = 9;
+        s.fal.retry_base_delay_ms = 300;
+        s.fal.retry_max_delay_ms = 300;
+        s.fal.retry_budget_seconds = 1;
+    })
+    .await;
+    app.fal.inject(respond(Op::Submit, 0, 502, &[], NGINX_502));
+
+    let err = expect_error(app.post_generation(json!({"prompt":"budget"})).await, 502).await;
+
+    assert_eq!(err["code"], "upstream_error");
+    // Delays of 150-450 ms within a 1 s budget: 2 to 7 attempts, never 10.
+    let submits = app.fal.count(Op::Submit);
+    assert!((2..=7).contains(&submits), "{submits} submits");
+}
+
+#[actix_web::test]
+async fn a_stalled_status_stream_falls_back_to_polling_before_the_deadline() {
+    let app = spawn_app_with_fake(
+        FakeConfig {
+            run_ms: 300,
+            ..FakeConfig::default()
+        },
+        |s| s.fal.status_stream_idle_timeout_ms = 300,
+    )
+    .await;
+    app.fal.inject(Fault {
+        op: Op::Stream,
+        times: 1,
+        action: FaultAction::Stall,
+    });
+
+    let res = app.post_generation(json!({"prompt":"stalled"})).await;
+
+    assert_eq!(res.status(), 200, "answered before the 20 s deadline");
+    assert!(app.fal.count(Op::Status) >= 1, "it polled");
+    let m = app.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_requests_total",
+            &[("operation", "stream"), ("outcome", "idle_timeout")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[actix_web::test]
+async fn keep_alive_comments_keep_a_quiet_status_stream() {
+    let app = spawn_app_with_fake(
+        FakeConfig {
+            run_ms: 1_000,
+            stream_keepalive_ms: 100,
+            ..FakeConfig::default()
+        },
+        |s| s.fal.status_stream_idle_timeout_ms = 400,
+    )
+    .await;
+
+    let res = app.post_generation(json!({"prompt":"quiet"})).await;
+
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.fal.count(Op::Status), 0, "no polling");
+    assert_eq!(app.fal.count(Op::Stream), 1);
+}
+
+#[actix_web::test]
+async fn a_status_stream_that_is_not_an_event_stream_is_dropped_for_polling() {
+    let app = spawn_app().await;
+    app.fal.inject(respond(
+        Op::Stream,
+        1,
+        200,
+        &[("content-type", "text/html"), FROM_FAL],
+        "<html>hello</html>",
+    ));
+
+    let res = app.post_generation(json!({"prompt":"html"})).await;
+
+    assert_eq!(res.status(), 200);
+    assert!(app.fal.count(Op::Status) >= 1);
+    let m = app.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_requests_total",
+            &[("operation", "stream"), ("outcome", "not_event_stream")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[actix_web::test]
+async fn every_fal_answer_carries_its_own_request_id() {
+    let app = spawn_app().await;
+    let first = reqwest::Client::new()
+        .post(format!(
+            "{}/fal-ai/imagen4/preview/fast",
+            app.fal.queue_url()
+        ))
+        .body(r#"{"prompt":"a"}"#)
+        .send()
+        .await
+        .unwrap();
+    let second = reqwest::Client::new()
+        .post(format!(
+            "{}/fal-ai/imagen4/preview/fast",
+            app.fal.queue_url()
+        ))
+        .body(r#"{"prompt":"b"}"#)
+        .send()
+        .await
+        .unwrap();
+    let id = |r: &reqwest::Response| r.headers()["x-fal-request-id"].clone();
+    assert_ne!(id(&first), id(&second));
 }

@@ -62,8 +62,22 @@ pub enum FaultAction {
     Delay { ms: u64 },
     /// Never answer.
     Hang,
-    /// Status answers COMPLETED with `error` / `error_type`.
-    CompletedWithError { error: String, error_type: String },
+    /// The job fails: its status says COMPLETED with `error` / `error_type`
+    /// (as fal's does), and its result answers the model's error, as fal
+    /// documents: `result_status` with `result_body` (defaults: the status
+    /// fal's error list gives `error_type`, 500 for an unknown one, and
+    /// `{"detail": error, "error_type": error_type}`).
+    CompletedWithError {
+        error: String,
+        error_type: String,
+        #[serde(default)]
+        result_status: Option<u16>,
+        #[serde(default)]
+        result_body: Option<String>,
+    },
+    /// A status stream that answers its head, then never sends a byte (no
+    /// events, no keep-alive comments); other operations hang.
+    Stall,
     /// Status answers an undocumented status value.
     UnknownStatus,
     /// Answer 200 with a body that is not JSON.
@@ -106,9 +120,15 @@ pub struct FakeConfig {
     /// Add this much random noise to images so PNGs are realistically large
     /// (0 = smooth, well-compressing pictures).
     pub noise: u8,
-    /// Where submit answers say status/result/cancel live. The gateway must
-    /// ignore these; by default they point at a closed port.
+    /// Where submit answers say status/result/cancel live:
+    /// `<advertised_base>/<owner>/<alias>/requests/<id>...`. Empty: the
+    /// fake's own address, so the URLs it advertises work. A base with one
+    /// path segment (`http://127.0.0.1:<port>/adv`) is served too, which lets
+    /// a test tell advertised URLs from built ones.
     pub advertised_base: String,
+    /// Interval of the `: keep-alive` comments on status streams (fal sends
+    /// one every 15 s).
+    pub stream_keepalive_ms: u64,
 }
 
 impl Default for FakeConfig {
@@ -119,7 +139,8 @@ impl Default for FakeConfig {
             record: true,
             full_size_images: true,
             noise: 0,
-            advertised_base: "http://127.0.0.1:9".into(),
+            advertised_base: String::new(),
+            stream_keepalive_ms: 15_000,
         }
     }
 }
@@ -131,6 +152,10 @@ pub struct Call {
     pub method: String,
     pub path: String,
     pub authorization: Option<String>,
+    /// The query string (without `?`), empty when there was none.
+    pub query: String,
+    /// fal's request headers (`x-fal-*`, `x-app-fal-*`), names lowercased.
+    pub fal_headers: Vec<(String, String)>,
     /// The JSON body of a submit or run (`null` when it was not JSON).
     pub body: Option<serde_json::Value>,
 }

@@ -107,6 +107,11 @@ impl FakeFal {
             .collect()
     }
 
+    /// Replace the behaviour knobs (as `POST /_fake/config` does).
+    pub fn configure(&self, config: FakeConfig) {
+        *lock(&self.state.config) = config;
+    }
+
     pub fn inject(&self, fault: Fault) {
         lock(&self.state.faults).push_back(fault);
     }

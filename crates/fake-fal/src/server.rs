@@ -4,7 +4,7 @@
 //! call, then applies the next injected fault for its operation, if any.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -16,30 +16,54 @@ use serde_json::{Value, json};
 
 use crate::control::{FaultAction, Op};
 use crate::render::image_bytes;
-use crate::state::{Job, State, lock};
+use crate::state::{Failure, Job, State, lock};
 use crate::wire::{
     ALREADY_COMPLETED, AspectRatio, CANCELLATION_REQUESTED, ImageFile, ImagenInput, ImagenOutput,
     NOT_FOUND, OutputFormat, QueueStatus, RunMetrics, StatusAnswer, SubmitAnswer,
+    error_type_status,
 };
 
-/// fal's routes. The submit route catches every other POST, so it goes last.
+/// Namespaces whose endpoint ids carry one more segment in front of
+/// `owner/alias` (`workflows/<owner>/<alias>/...`).
+const NAMESPACES: [&str; 2] = ["workflows", "comfy"];
+
+/// fal's routes. Request routes are served under `<owner>/<alias>` and
+/// under one more leading segment (a namespace, or an advertised base's
+/// path). The submit route catches every other POST, so it goes last.
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/files/{name}", web::get().to(file))
-        .route("/run/{tail:.*}", web::post().to(run))
-        .route(
-            "/{owner}/{alias}/requests/{id}/status/stream",
+        .route("/run/{tail:.*}", web::post().to(run));
+    for app in ["/{owner}/{alias}", "/{ns}/{owner}/{alias}"] {
+        cfg.route(
+            &format!("{app}/requests/{{id}}/status/stream"),
             web::get().to(status_stream),
         )
         .route(
-            "/{owner}/{alias}/requests/{id}/status",
+            &format!("{app}/requests/{{id}}/status"),
             web::get().to(status),
         )
         .route(
-            "/{owner}/{alias}/requests/{id}/cancel",
+            &format!("{app}/requests/{{id}}/cancel"),
             web::put().to(cancel),
         )
-        .route("/{owner}/{alias}/requests/{id}", web::get().to(result))
-        .route("/{tail:.*}", web::post().to(submit));
+        .route(&format!("{app}/requests/{{id}}"), web::get().to(result));
+    }
+    cfg.route("/{tail:.*}", web::post().to(submit));
+}
+
+/// A new `x-fal-request-id`: fal's servers send a unique one with every answer.
+fn fal_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "fake-{}-{:08x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `{id}` of a request route.
+fn request_id(req: &HttpRequest) -> String {
+    req.match_info().get("id").unwrap_or_default().to_owned()
 }
 
 /// Apply a fault that replaces the answer (as `Err`); `Ok(Some(action))`
@@ -68,9 +92,13 @@ async fn apply_fault(state: &State, op: Op) -> Result<Option<FaultAction>, HttpR
             std::future::pending::<()>().await;
             Ok(None)
         }
+        Some(FaultAction::Stall) if op != Op::Stream => {
+            std::future::pending::<()>().await;
+            Ok(None)
+        }
         Some(FaultAction::MalformedJson) => Err(HttpResponse::Ok()
             .content_type("application/json")
-            .insert_header(("x-fal-request-id", "fake"))
+            .insert_header(("x-fal-request-id", fal_id()))
             .body("{\"status\": \"COMPL")),
         Some(other) => Ok(Some(other)),
     }
@@ -79,14 +107,14 @@ async fn apply_fault(state: &State, op: Op) -> Result<Option<FaultAction>, HttpR
 /// A JSON answer from fal's servers (they send `x-fal-request-id`).
 fn fal_json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
     HttpResponse::build(status)
-        .insert_header(("x-fal-request-id", "fake-request"))
+        .insert_header(("x-fal-request-id", fal_id()))
         .json(body)
 }
 
 /// A 200 with a prebuilt JSON body, as [`fal_json`] would send it.
 fn fal_body(body: Bytes) -> HttpResponse {
     HttpResponse::Ok()
-        .insert_header(("x-fal-request-id", "fake-request"))
+        .insert_header(("x-fal-request-id", fal_id()))
         .content_type("application/json")
         .body(body)
 }
@@ -111,10 +139,27 @@ async fn submit(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> 
         return res;
     }
     let path = req.path().trim_start_matches('/');
-    let mut parts = path.splitn(3, '/');
-    let (Some(owner), Some(alias)) = (parts.next(), parts.next()) else {
+    let mut parts: Vec<&str> = path.split('/').collect();
+    let namespace = if parts.len() > 2 && NAMESPACES.contains(&parts[0]) {
+        Some(parts.remove(0))
+    } else {
+        None
+    };
+    let (Some(owner), Some(alias)) = (parts.first(), parts.get(1)) else {
         return fal_json(StatusCode::NOT_FOUND, &json!({"detail": "no such app"}));
     };
+    let app = match namespace {
+        Some(ns) => format!("{ns}/{owner}/{alias}"),
+        None => format!("{owner}/{alias}"),
+    };
+    // fal's start timeout: seconds, more than 1.
+    let start_timeout = req
+        .headers()
+        .get("x-fal-request-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 1.0)
+        .map(Duration::from_secs_f64);
     let input = match ImagenInput::parse(&body) {
         Ok(input) => input,
         Err(rejection) => return fal_json(StatusCode::UNPROCESSABLE_ENTITY, &rejection),
@@ -124,7 +169,10 @@ async fn submit(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> 
         state.next_id.fetch_add(1, Ordering::SeqCst),
         std::process::id()
     );
-    let advertised = lock(&state.config).advertised_base.clone();
+    let mut advertised = lock(&state.config).advertised_base.clone();
+    if advertised.is_empty() {
+        advertised = format!("http://127.0.0.1:{}", state.port.load(Ordering::Relaxed));
+    }
     lock(&state.jobs).insert(
         id.clone(),
         Job {
@@ -132,9 +180,10 @@ async fn submit(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> 
             submitted: std::time::Instant::now(),
             cancelled: false,
             failed: None,
+            start_timeout,
         },
     );
-    let base = format!("{advertised}/{owner}/{alias}/requests/{id}");
+    let base = format!("{advertised}/{app}/requests/{id}");
     fal_json(
         StatusCode::OK,
         &SubmitAnswer {
@@ -170,10 +219,10 @@ fn status_answer(state: &State, id: &str, status: QueueStatus) -> StatusAnswer {
             if let Some(job) = lock(&state.jobs).get(id) {
                 if job.cancelled {
                     answer.error = Some("Request was cancelled".into());
-                    answer.error_type = Some("request_cancelled".into());
-                } else if let Some((error, error_type)) = &job.failed {
-                    answer.error = Some(error.clone());
-                    answer.error_type = Some(error_type.clone());
+                    answer.error_type = Some("client_cancelled".into());
+                } else if let Some(failure) = &job.failed {
+                    answer.error = Some(failure.error.clone());
+                    answer.error_type = Some(failure.error_type.clone());
                 }
             }
         }
@@ -186,9 +235,28 @@ fn status_answer(state: &State, id: &str, status: QueueStatus) -> StatusAnswer {
 fn status_fault(state: &State, id: &str, fault: Option<FaultAction>) -> Option<Value> {
     match fault? {
         FaultAction::UnknownStatus => Some(json!({"status": "EXPLODED"})),
-        FaultAction::CompletedWithError { error, error_type } => {
+        FaultAction::CompletedWithError {
+            error,
+            error_type,
+            result_status,
+            result_body,
+        } => {
+            let derived = result_status.is_none();
+            let failure = Failure {
+                result_status: result_status.unwrap_or_else(|| error_type_status(&error_type)),
+                result_headers: if derived {
+                    vec![("x-fal-error-type", error_type.clone())]
+                } else {
+                    Vec::new()
+                },
+                result_body: result_body.unwrap_or_else(|| {
+                    json!({"detail": error, "error_type": error_type}).to_string()
+                }),
+                error,
+                error_type,
+            };
             if let Some(job) = lock(&state.jobs).get_mut(id) {
-                job.failed = Some((error, error_type));
+                job.failed = Some(failure);
             }
             serde_json::to_value(status_answer(state, id, QueueStatus::Completed)).ok()
         }
@@ -197,13 +265,9 @@ fn status_fault(state: &State, id: &str, fault: Option<FaultAction>) -> Option<V
 }
 
 /// `GET .../requests/<id>/status`: 202 while queued or running, 200 done.
-async fn status(
-    state: web::Data<State>,
-    req: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> HttpResponse {
+async fn status(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
     state.record(&req, Op::Status, None);
-    let id = &path.2;
+    let id = &request_id(&req);
     let fault = match apply_fault(&state, Op::Status).await {
         Err(res) => return res,
         Ok(fault) => fault,
@@ -230,37 +294,40 @@ fn event(body: &impl Serialize) -> Bytes {
 
 fn event_stream() -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::Ok();
-    res.insert_header(("x-fal-request-id", "fake-request"))
+    res.insert_header(("x-fal-request-id", fal_id()))
         .content_type("text/event-stream");
     res
 }
 
-/// `GET .../requests/<id>/status/stream`: an event per status change, closed
+/// `GET .../requests/<id>/status/stream`: an event per status change, a
+/// `: keep-alive` comment every `stream_keepalive_ms` without one, closed
 /// after COMPLETED.
-async fn status_stream(
-    state: web::Data<State>,
-    req: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> HttpResponse {
+async fn status_stream(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
     state.record(&req, Op::Stream, None);
     let fault = match apply_fault(&state, Op::Stream).await {
         Err(res) => return res,
         Ok(fault) => fault,
     };
-    let id = path.into_inner().2;
+    let id = request_id(&req);
     if state.job_status(&id).is_none() {
         return request_not_found();
+    }
+    if matches!(fault, Some(FaultAction::Stall)) {
+        let silent = futures_util::stream::pending::<Result<Bytes, Infallible>>();
+        return event_stream().streaming(silent);
     }
     if let Some(body) = status_fault(&state, &id, fault) {
         return event_stream().body(event(&body));
     }
+    let keepalive = Duration::from_millis(lock(&state.config).stream_keepalive_ms.max(1));
     let state = state.into_inner();
     let events = futures_util::stream::unfold(
         (state, id, None::<QueueStatus>, false),
-        |(state, id, last, done)| async move {
+        move |(state, id, last, done)| async move {
             if done {
                 return None;
             }
+            let quiet_since = std::time::Instant::now();
             loop {
                 let (status, finished) = state.job_status(&id)?;
                 if Some(status) != last {
@@ -270,6 +337,10 @@ async fn status_stream(
                         (state, id, Some(status), finished),
                     ));
                 }
+                if quiet_since.elapsed() >= keepalive {
+                    let comment = Bytes::from_static(b": keep-alive\n\n");
+                    return Some((Ok(comment), (state, id, last, false)));
+                }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         },
@@ -278,21 +349,39 @@ async fn status_stream(
 }
 
 /// `GET .../requests/<id>`: the model output (whether or not the job is
-/// done yet).
-async fn result(
-    state: web::Data<State>,
-    req: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> HttpResponse {
+/// done yet); for a failed job the model's error, for a cancelled one
+/// fal's `client_cancelled` 499.
+async fn result(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
     state.record(&req, Op::Result, None);
     let fault = match apply_fault(&state, Op::Result).await {
         Err(res) => return res,
         Ok(fault) => fault,
     };
-    let input = match lock(&state.jobs).get(path.2.as_str()) {
-        Some(job) => job.input.clone(),
+    let id = request_id(&req);
+    // Fails a job whose start timeout passed.
+    let _ = state.job_status(&id);
+    let (input, failure, cancelled) = match lock(&state.jobs).get(id.as_str()) {
+        Some(job) => (job.input.clone(), job.failed.clone(), job.cancelled),
         None => return request_not_found(),
     };
+    if cancelled {
+        return HttpResponse::build(StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST))
+            .insert_header(("x-fal-request-id", fal_id()))
+            .insert_header(("x-fal-error-type", "client_cancelled"))
+            .json(json!({"detail": "Request was cancelled", "error_type": "client_cancelled"}));
+    }
+    if let Some(failure) = failure {
+        let mut res = HttpResponse::build(
+            StatusCode::from_u16(failure.result_status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        );
+        res.insert_header(("x-fal-request-id", fal_id()))
+            .content_type("application/json");
+        for (k, v) in failure.result_headers {
+            res.insert_header((k, v));
+        }
+        return res.body(failure.result_body);
+    }
     output(&state, &input, fault)
 }
 
@@ -452,16 +541,12 @@ async fn file(state: web::Data<State>, req: HttpRequest, name: web::Path<String>
 
 /// `PUT .../requests/<id>/cancel`: 202 while the job is unfinished, 400
 /// once done, 404 for an unknown id.
-async fn cancel(
-    state: web::Data<State>,
-    req: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> HttpResponse {
+async fn cancel(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
     state.record(&req, Op::Cancel, None);
     if let Err(res) = apply_fault(&state, Op::Cancel).await {
         return res;
     }
-    let id = &path.2;
+    let id = &request_id(&req);
     let (code, answer) = match state.job_status(id).map(|(_, done)| done) {
         None => (StatusCode::NOT_FOUND, NOT_FOUND),
         Some(true) => (StatusCode::BAD_REQUEST, ALREADY_COMPLETED),

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
 use bytes::Bytes;
@@ -23,8 +23,23 @@ pub(crate) struct Job {
     pub input: ImagenInput,
     pub submitted: Instant,
     pub cancelled: bool,
-    /// Set when a COMPLETED-with-error fault was served for this job.
-    pub failed: Option<(String, String)>,
+    /// Set when the job failed (a COMPLETED-with-error fault, or its start
+    /// timeout passed while it was queued).
+    pub failed: Option<Failure>,
+    /// The `X-Fal-Request-Timeout` it was submitted with: fal drops a job
+    /// still queued when it passes.
+    pub start_timeout: Option<Duration>,
+}
+
+/// How a job failed: its status's `error`/`error_type`, and what its result
+/// answers instead of the output.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    pub error: String,
+    pub error_type: String,
+    pub result_status: u16,
+    pub result_headers: Vec<(&'static str, String)>,
+    pub result_body: String,
 }
 
 /// Result bodies without faults are built once per shape:
@@ -66,6 +81,20 @@ impl State {
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
+                query: req.query_string().to_owned(),
+                fal_headers: req
+                    .headers()
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.as_str().starts_with("x-fal-") || k.as_str().starts_with("x-app-fal-")
+                    })
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_owned(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
                 body,
             });
         }
@@ -86,22 +115,43 @@ impl State {
     }
 
     /// A job's status now and whether it is finished: queued for
-    /// `queue_ms`, then running for `run_ms`; cancelled jobs are done.
+    /// `queue_ms`, then running for `run_ms`; cancelled and failed jobs are
+    /// done. A job whose start timeout passes while it is queued fails with
+    /// fal's 504 `X-Fal-Request-Timeout-Type: user`.
     pub(crate) fn job_status(&self, id: &str) -> Option<(QueueStatus, bool)> {
         let (queue_ms, run_ms) = {
             let cfg = lock(&self.config);
             (cfg.queue_ms, cfg.run_ms)
         };
-        let jobs = lock(&self.jobs);
-        let job = jobs.get(id)?;
+        let mut jobs = lock(&self.jobs);
+        let job = jobs.get_mut(id)?;
         let elapsed = job.submitted.elapsed().as_millis() as u64;
-        Some(if job.cancelled || elapsed >= queue_ms + run_ms {
-            (QueueStatus::Completed, true)
-        } else if elapsed >= queue_ms {
-            (QueueStatus::InProgress, false)
-        } else {
-            (QueueStatus::InQueue, false)
-        })
+        if let Some(limit) = job.start_timeout
+            && job.failed.is_none()
+            && !job.cancelled
+            && limit.as_millis() < u128::from(queue_ms)
+            && u128::from(elapsed) >= limit.as_millis()
+        {
+            job.failed = Some(Failure {
+                error: "Request timed out before processing started".into(),
+                error_type: "request_timeout".into(),
+                result_status: 504,
+                result_headers: vec![
+                    ("x-fal-request-timeout-type", "user".into()),
+                    ("x-fal-error-type", "request_timeout".into()),
+                ],
+                result_body: r#"{"detail":"Request timed out before processing started","error_type":"request_timeout"}"#.into(),
+            });
+        }
+        Some(
+            if job.cancelled || job.failed.is_some() || elapsed >= queue_ms + run_ms {
+                (QueueStatus::Completed, true)
+            } else if elapsed >= queue_ms {
+                (QueueStatus::InProgress, false)
+            } else {
+                (QueueStatus::InQueue, false)
+            },
+        )
     }
 
     /// Forget faults, calls, jobs and counts.

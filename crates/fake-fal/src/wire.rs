@@ -290,6 +290,20 @@ pub(crate) struct RunMetrics {
     pub inference_time: f64,
 }
 
+/// The HTTP status fal's error list gives a request error's `error_type`
+/// (PROTOCOLS.md section B); 500 for one it does not list.
+pub(crate) fn error_type_status(error_type: &str) -> u16 {
+    match error_type {
+        "request_timeout" | "startup_timeout" => 504,
+        "runner_scheduling_failure" | "runner_disconnected" => 503,
+        t if t.starts_with("runner_connection") => 503,
+        "runner_incomplete_response" => 502,
+        "client_disconnected" | "client_cancelled" => 499,
+        "bad_request" => 400,
+        _ => 500,
+    }
+}
+
 /// The `status` values of a cancel answer.
 pub(crate) const CANCELLATION_REQUESTED: &str = "CANCELLATION_REQUESTED";
 pub(crate) const ALREADY_COMPLETED: &str = "ALREADY_COMPLETED";

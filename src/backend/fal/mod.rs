@@ -2,14 +2,19 @@
 //! watch status, fetch the result, cancel when nobody waits any more) or its
 //! synchronous host.
 //!
-//! - [`transport`]: the pooled client, retries, size cap and call metrics;
+//! - [`transport`]: the pooled client, retries, backup hosts, size cap and
+//!   call metrics;
 //! - [`errors`]: the one classification of fal's failures;
 //! - [`wire`]: fal's JSON (Imagen's input, queue answers, model output);
 //! - [`status`] and [`sse`]: watching a job until it is done.
 //!
-//! Status, result and cancel URLs are always built from the configured
-//! `queue_url`, never taken from fal's answers, so the `Authorization: Key`
-//! header only ever goes to the configured hosts.
+//! A submit is paid: it is never repeated once it may have reached fal, and
+//! a job the gateway stops caring about (deadline, hang-up, an error while
+//! watching it) is cancelled, even when the submit answers only after the
+//! gateway gave up on it. Status, result and cancel URLs come from the
+//! submit answer when they point at a configured fal origin (the
+//! `Authorization: Key` header never goes anywhere else), and are built from
+//! `queue_url` otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +22,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use reqwest::header::{self, HeaderValue};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::{ImageBackend, ImageContent, JobContext, JobOutput, Stop};
-use crate::config::{FalMode, FalSettings, Secret};
+use crate::config::{FalMode, FalSettings, QueuePriority, Secret};
 use crate::domain::{BackendKind, Job, OutputFormat, ResponseFormat};
 use crate::error::ApiError;
-use crate::metrics::CancelReason;
+use crate::metrics::{CancelOutcome, CancelReason};
 
 mod download;
 pub mod errors;
@@ -38,8 +46,16 @@ pub mod wire;
 
 use errors::protocol;
 use fallback::{call_error, classify};
-use transport::{Answer, Operation, Upstream, outcome_label};
-use wire::{ImagenInput, Submitted, parse_output};
+use transport::{Answer, CallError, CallPolicy, Operation, Repeat, Upstream};
+use wire::{CancelAnswer, ImagenInput, Submitted, app_path, parse_output};
+
+/// How long a client whose deadline passed waits, beyond it, for fal's
+/// answer to the cancel, so its 504 can say what became of the job.
+const CANCEL_WAIT: Duration = Duration::from_secs(3);
+/// Time a cancel (retries included) may take in the background.
+const CANCEL_BUDGET: Duration = Duration::from_secs(30);
+/// Retries of a cancel: fal's JS client's.
+const CANCEL_RETRIES: u32 = 3;
 
 /// Why a fal job produced no images.
 enum JobError {
@@ -49,17 +65,40 @@ enum JobError {
     Failed(ApiError),
 }
 
+/// Where a queued job's status, result and cancel live.
+#[derive(Clone, Debug)]
+struct JobUrls {
+    id: String,
+    status: String,
+    response: String,
+    cancel: String,
+}
+
+/// What the submit, the cancels and the watch share, also from tasks that
+/// outlive the client's request.
+struct Shared {
+    upstream: Arc<Upstream>,
+    /// `Authorization` and `Accept`, sent on every call to fal.
+    auth_headers: HeaderMap,
+    /// fal's per-request controls, sent with every submit and sync run.
+    controls: HeaderMap,
+    queue_url: String,
+    /// Origins (`scheme://host:port`) of `queue_url` and its backup: the
+    /// only ones URLs from fal's answers are followed to.
+    queue_origins: Vec<String>,
+    cancels: TaskTracker,
+}
+
 /// fal, over its queue or its synchronous host.
 pub struct FalBackend {
-    upstream: Arc<Upstream>,
-    auth: HeaderValue,
-    queue_url: String,
+    shared: Arc<Shared>,
     run_url: String,
+    max_queue_length: u32,
     mode: FalMode,
     status_stream: bool,
+    stream_idle_timeout: Duration,
     poll_initial: Duration,
     poll_max: Duration,
-    cancels: TaskTracker,
     downloads: download::Downloads,
 }
 
@@ -74,48 +113,59 @@ impl FalBackend {
             .map_err(|_| "FAL_KEY contains characters not allowed in an HTTP header".to_string())?;
         // Keeps the value out of hyper's and h2's debug output.
         auth.set_sensitive(true);
+        let mut auth_headers = HeaderMap::new();
+        auth_headers.insert(header::AUTHORIZATION, auth);
+        auth_headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let queue_url = settings.queue_url.trim_end_matches('/').to_owned();
+        let mut queue_origins = vec![origin(&queue_url)];
+        for (primary, backup) in settings.backup_origins() {
+            if primary == queue_url {
+                queue_origins.push(origin(&backup));
+            }
+        }
+        queue_origins.retain(|o| !o.is_empty());
         Ok(Self {
-            upstream,
-            auth,
-            queue_url: settings.queue_url.trim_end_matches('/').to_owned(),
+            shared: Arc::new(Shared {
+                upstream,
+                auth_headers,
+                controls: controls(settings)?,
+                queue_url,
+                queue_origins,
+                cancels,
+            }),
             run_url: settings.run_url.trim_end_matches('/').to_owned(),
+            max_queue_length: settings.max_queue_length,
             mode: settings.mode,
             status_stream: settings.status_stream,
+            stream_idle_timeout: Duration::from_millis(settings.status_stream_idle_timeout_ms),
             poll_initial: Duration::from_millis(settings.poll_initial_delay_ms),
             poll_max: Duration::from_millis(settings.poll_max_delay_ms),
-            cancels,
             downloads: download::Downloads::new(settings)?,
         })
     }
 
     fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
-        self.upstream
-            .http
-            .request(method, url)
-            .header(header::AUTHORIZATION, self.auth.clone())
-            .header(header::ACCEPT, "application/json")
+        self.shared.request(method, url)
     }
 
-    fn post_json(&self, url: &str, body: &Bytes) -> reqwest::RequestBuilder {
-        self.request(Method::POST, url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-    }
-
-    /// One call to fal, retried by fal's clients' rules, whose answer must
-    /// be a success; anything else is classified into the client's error.
-    async fn fetch(
-        &self,
-        op: Operation,
-        build: impl Fn() -> reqwest::RequestBuilder,
-        ctx: &JobContext,
-    ) -> Result<Answer, JobError> {
-        // A sync run is never retried on a transport error: fal may already
-        // be generating (and billing) it.
-        let retry_transport = op != Operation::Run;
-        let answer = match self.upstream.call(op, build, ctx, retry_transport).await {
+    /// One idempotent call to fal, retried by fal's clients' rules, whose
+    /// answer must be a success; anything else is classified into the
+    /// client's error.
+    async fn fetch(&self, op: Operation, url: &str, ctx: &JobContext) -> Result<Answer, JobError> {
+        let answer = match self
+            .shared
+            .upstream
+            .call(
+                op,
+                url,
+                |u| self.request(Method::GET, u),
+                ctx,
+                CallPolicy::IDEMPOTENT,
+            )
+            .await
+        {
             Ok(answer) => answer,
-            Err(transport::CallError::Stopped(stop)) => return Err(JobError::Stopped(stop)),
+            Err(CallError::Stopped(stop)) => return Err(JobError::Stopped(stop)),
             Err(e) => return Err(JobError::Failed(call_error(op, e, ctx))),
         };
         if !answer.status.is_success() {
@@ -126,84 +176,157 @@ impl FalBackend {
 
     async fn run_queue(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, ApiError> {
         let body = input_body(job)?;
-        let submit_url = format!("{}/{}", self.queue_url, job.endpoint.full());
-        let answer = self
-            .fetch(
-                Operation::Submit,
-                || self.post_json(&submit_url, &body),
-                ctx,
-            )
-            .await
-            .map_err(|e| self.settle(e, ctx, None))?;
-        let submitted: Submitted = serde_json::from_slice(&answer.body)
-            .map_err(|_| protocol("a submit answer without request_id"))?;
-        let id = submitted.request_id;
-        if id.is_empty()
-            || id.len() > 128
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(protocol("a malformed request_id"));
-        }
-        let request_url = format!("{}/{}/requests/{}", self.queue_url, job.endpoint.app(), id);
-        tracing::debug!(request_id = %id, endpoint = job.endpoint.full(), "fal job submitted");
-        let (body, mut output) = self
-            .wait_and_fetch(&request_url, ctx)
-            .await
-            .map_err(|e| self.settle(e, ctx, Some(&request_url)))?;
-        // The job is done: nothing is left to cancel upstream.
-        output.images = self
-            .images(job, &body, ctx)
-            .await
-            .map_err(|e| self.settle(e, ctx, None))?;
-        Ok(output)
-    }
-
-    /// The client's error for a job that failed or stopped; a stopped job
-    /// that fal queued is cancelled there.
-    fn settle(&self, e: JobError, ctx: &JobContext, queued: Option<&str>) -> ApiError {
-        match e {
-            JobError::Failed(e) => e,
-            JobError::Stopped(stop) => {
-                if let Some(request_url) = queued {
-                    let reason = match stop {
-                        Stop::Cancelled => CancelReason::Cancelled,
-                        Stop::Deadline => CancelReason::Deadline,
-                    };
-                    self.cancel_upstream(request_url, reason);
-                }
-                ctx.error(stop)
-            }
-        }
-    }
-
-    /// Wait for a queued job and fetch its result: (the output body, the
-    /// job's timings without images yet).
-    async fn wait_and_fetch(
-        &self,
-        request_url: &str,
-        ctx: &JobContext,
-    ) -> Result<(Bytes, JobOutput), JobError> {
+        let urls = self.submit(job, body, ctx).await?;
+        tracing::Span::current().record("fal_request_id", urls.id.as_str());
+        tracing::debug!(endpoint = job.endpoint.full(), "fal job submitted");
         let submitted_at = Instant::now();
-        let running_since = self
-            .wait_until_done(&format!("{request_url}/status"), ctx)
-            .await?;
+        let running_since = match self.wait_until_done(&urls.status, ctx).await {
+            Ok(running_since) => running_since,
+            Err(e) => return Err(self.give_up(&urls, e, ctx).await),
+        };
+        // The job is done: from here on, nothing is left to cancel upstream.
         let done = Instant::now();
         let started = running_since.unwrap_or(done);
+        let finished = "; the upstream job had finished, but its result did not arrive in time";
         let answer = self
-            .fetch(
-                Operation::Result,
-                || self.request(Method::GET, request_url),
-                ctx,
-            )
-            .await?;
-        let timings = JobOutput {
-            images: Vec::new(),
+            .fetch(Operation::Result, &urls.response, ctx)
+            .await
+            .map_err(|e| settled(e, ctx, finished))?;
+        let images = self
+            .images(job, &answer.body, ctx)
+            .await
+            .map_err(|e| settled(e, ctx, finished))?;
+        Ok(JobOutput {
+            images,
             queued: Some(started - submitted_at),
             running: Some(done - started),
+        })
+    }
+
+    /// Submit `job` to the queue. The submit runs in a task of its own so
+    /// that, when the client's deadline or hang-up comes first, its answer
+    /// is still read and the job it started cancelled.
+    async fn submit(&self, job: &Job, body: Bytes, ctx: &JobContext) -> Result<JobUrls, ApiError> {
+        let mut url = format!("{}/{}", self.shared.queue_url, job.endpoint.full());
+        if self.max_queue_length > 0 {
+            url.push_str(&format!("?fal_max_queue_length={}", self.max_queue_length));
+        }
+        let policy = CallPolicy {
+            repeat: Repeat::PaidOnce,
+            // An attempt in flight is seen through to its answer.
+            bounded: false,
+            retry_429: self.max_queue_length == 0,
+            max_retries: None,
         };
-        Ok((answer.body, timings))
+        // The submit's own context: it stops retrying at the deadline, but
+        // a hang-up does not abort it.
+        let submit_ctx = JobContext {
+            deadline: ctx.deadline,
+            cancel: CancellationToken::new(),
+            timeout_seconds: ctx.timeout_seconds,
+        };
+        let shared = self.shared.clone();
+        let deadline = ctx.deadline;
+        let start_timeout = job.start_timeout;
+        let mut task: JoinHandle<Result<Answer, CallError>> = self.shared.cancels.spawn(
+            async move {
+                let build = |u: &str| shared.paid_post(u, &body, deadline, start_timeout);
+                shared
+                    .upstream
+                    .call(Operation::Submit, &url, build, &submit_ctx, policy)
+                    .await
+            }
+            .in_current_span(),
+        );
+        let outcome = match ctx.race(&mut task).await {
+            Ok(joined) => joined.map_err(|_| ApiError::Internal)?,
+            Err(stop) => return Err(self.abandon_submit(task, job, stop, ctx)),
+        };
+        let answer = match outcome {
+            Ok(answer) => answer,
+            Err(CallError::Stopped(stop)) => {
+                // Stopped between attempts: nothing reached fal's queue.
+                return Err(match stop {
+                    Stop::Deadline => {
+                        ApiError::deadline(ctx.timeout_seconds, "; no upstream job was started")
+                    }
+                    Stop::Cancelled => ctx.error(stop),
+                });
+            }
+            Err(e) => return Err(call_error(Operation::Submit, e, ctx)),
+        };
+        self.shared.job_urls(job, &answer)
+    }
+
+    /// The client stopped waiting while the submit was in flight: let it
+    /// finish in the background and cancel the job it started, if any.
+    fn abandon_submit(
+        &self,
+        task: JoinHandle<Result<Answer, CallError>>,
+        job: &Job,
+        stop: Stop,
+        ctx: &JobContext,
+    ) -> ApiError {
+        let shared = self.shared.clone();
+        let job = job.clone();
+        let reason = cancel_reason(&JobError::Stopped(stop));
+        self.shared.cancels.spawn(
+            async move {
+                match task.await {
+                    Ok(Ok(answer)) => {
+                        if let Ok(urls) = shared.job_urls(&job, &answer) {
+                            tracing::Span::current().record("fal_request_id", urls.id.as_str());
+                            tracing::info!(
+                                "fal accepted a submit after the gateway stopped waiting; cancelling it"
+                            );
+                            let _ = shared.spawn_cancel(&urls, reason).await;
+                        }
+                    }
+                    Ok(Err(CallError::Unconfirmed { .. })) => tracing::warn!(
+                        "a submit the gateway stopped waiting for never got fal's answer; the job, if fal started it, cannot be cancelled"
+                    ),
+                    _ => {}
+                }
+            }
+            .in_current_span(),
+        );
+        match stop {
+            Stop::Deadline => ApiError::deadline(
+                ctx.timeout_seconds,
+                "; fal had not confirmed the upstream job yet, and the gateway cancels it if fal does",
+            ),
+            Stop::Cancelled => ctx.error(stop),
+        }
+    }
+
+    /// The gateway stops watching a job that is not done: cancel it, and
+    /// for a deadline tell the client what became of it.
+    async fn give_up(&self, urls: &JobUrls, e: JobError, ctx: &JobContext) -> ApiError {
+        let cancel = self.shared.spawn_cancel(urls, cancel_reason(&e));
+        match e {
+            JobError::Failed(e) => e,
+            JobError::Stopped(Stop::Cancelled) => ctx.error(Stop::Cancelled),
+            JobError::Stopped(Stop::Deadline) => {
+                let note = match tokio::time::timeout(CANCEL_WAIT, cancel).await {
+                    Ok(Ok(CancelOutcome::CancellationRequested)) => {
+                        "; the upstream job was cancelled"
+                    }
+                    Ok(Ok(CancelOutcome::AlreadyCompleted)) => {
+                        "; the upstream job had just finished, too late to be cancelled"
+                    }
+                    Ok(Ok(CancelOutcome::NotFound)) => {
+                        "; fal no longer knew the upstream job when the gateway cancelled it"
+                    }
+                    Ok(Ok(CancelOutcome::Failed) | Err(_)) => {
+                        "; cancelling the upstream job failed, so it may still run"
+                    }
+                    Err(_) => {
+                        "; the gateway asked fal to cancel the upstream job, which fal had not confirmed yet"
+                    }
+                };
+                ApiError::deadline(ctx.timeout_seconds, note)
+            }
+        }
     }
 
     /// The output's images, fetched when fal sent links for a job that
@@ -239,12 +362,19 @@ impl FalBackend {
         let refused = |why: &str| JobError::Failed(protocol(why));
         let url = self.downloads.check(url).map_err(refused)?;
         let answer = match self
+            .shared
             .upstream
-            .call(Operation::Download, || self.downloads.get(&url), ctx, true)
+            .call(
+                Operation::Download,
+                url.as_str(),
+                |_| self.downloads.get(&url),
+                ctx,
+                CallPolicy::IDEMPOTENT,
+            )
             .await
         {
             Ok(answer) => answer,
-            Err(transport::CallError::Stopped(stop)) => return Err(JobError::Stopped(stop)),
+            Err(CallError::Stopped(stop)) => return Err(JobError::Stopped(stop)),
             // The job made its images: a failed download never moves the chain on.
             Err(e) => return Err(JobError::Failed(errors::call_error(e, ctx))),
         };
@@ -260,50 +390,282 @@ impl FalBackend {
         Ok(answer.body)
     }
 
-    /// Ask fal to drop a job nobody will read. Detached so the caller's
-    /// answer is not delayed, tracked so shutdown waits for it.
-    fn cancel_upstream(&self, request_url: &str, reason: CancelReason) {
-        let upstream = self.upstream.clone();
-        let req = self.request(Method::PUT, &format!("{request_url}/cancel"));
-        upstream
-            .metrics
-            .upstream_cancels
-            .with_label_values(&[reason.as_str()])
-            .inc();
-        self.cancels.spawn(async move {
-            let started = std::time::Instant::now();
-            let outcome = match req.timeout(Duration::from_secs(10)).send().await {
-                Ok(resp) => match resp.status().as_u16() {
-                    // 400 ALREADY_COMPLETED and 404 NOT_FOUND end the matter too.
-                    200..=299 | 400 | 404 => "success",
-                    s => outcome_label(StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY)),
-                },
-                Err(e) if e.is_timeout() => "timeout",
-                Err(_) => "transport_error",
-            };
-            upstream.observe(Operation::Cancel, outcome, started.elapsed());
-            tracing::debug!(outcome, "fal job cancelled");
-        });
-    }
-
     async fn run_sync(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, ApiError> {
         let body = input_body(job)?;
         let url = format!("{}/{}", self.run_url, job.endpoint.full());
         let started = Instant::now();
-        // A sync call cannot be cancelled upstream; dropping it is all we can do.
-        let run = async {
-            let answer = self
-                .fetch(Operation::Run, || self.post_json(&url, &body), ctx)
-                .await?;
-            self.images(job, &answer.body, ctx).await
+        let policy = CallPolicy {
+            repeat: Repeat::PaidOnce,
+            bounded: true,
+            retry_429: true,
+            max_retries: None,
         };
-        let images = run.await.map_err(|e| self.settle(e, ctx, None))?;
+        // A sync call cannot be cancelled upstream; dropping it is how fal
+        // learns nobody waits.
+        let dropped = "; the synchronous fal call was dropped, which cancels it";
+        let answer = match self
+            .shared
+            .upstream
+            .call(
+                Operation::Run,
+                &url,
+                |u| {
+                    self.shared
+                        .paid_post(u, &body, ctx.deadline, job.start_timeout)
+                },
+                ctx,
+                policy,
+            )
+            .await
+        {
+            Ok(answer) if answer.status.is_success() => answer,
+            Ok(answer) => return Err(classify(Operation::Run, &answer)),
+            Err(CallError::Stopped(stop)) => {
+                return Err(settled(JobError::Stopped(stop), ctx, dropped));
+            }
+            Err(e) => return Err(call_error(Operation::Run, e, ctx)),
+        };
+        let images = self
+            .images(job, &answer.body, ctx)
+            .await
+            .map_err(|e| settled(e, ctx, ""))?;
         Ok(JobOutput {
             images,
             queued: None,
             running: Some(started.elapsed()),
         })
     }
+}
+
+impl Shared {
+    fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        self.upstream
+            .http
+            .request(method, url)
+            .headers(self.auth_headers.clone())
+    }
+
+    /// A submit or sync run of `body`, with fal's per-request controls and
+    /// the start timeout: the time left before `deadline` (or the job's own
+    /// start timeout, when the chain wants a shorter one), so fal drops a job
+    /// that could not start in time even if the gateway is gone.
+    fn paid_post(
+        &self,
+        url: &str,
+        body: &Bytes,
+        deadline: Instant,
+        start_timeout: Option<Duration>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .request(Method::POST, url)
+            .headers(self.controls.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        let mut left = deadline.saturating_duration_since(Instant::now());
+        if let Some(limit) = start_timeout {
+            left = left.min(limit);
+        }
+        let left = left.as_secs_f64();
+        // fal requires more than 1 s.
+        if left > 1.05 {
+            req = req.header(
+                "x-fal-request-timeout",
+                format!("{:.1}", left.floor().max(1.1)),
+            );
+        }
+        req
+    }
+
+    /// The job's URLs from a submit answer.
+    fn job_urls(&self, job: &Job, answer: &Answer) -> Result<JobUrls, ApiError> {
+        if !answer.status.is_success() {
+            return Err(classify(Operation::Submit, answer));
+        }
+        let submitted: Submitted = serde_json::from_slice(&answer.body)
+            .map_err(|_| protocol("a submit answer without request_id"))?;
+        let id = submitted.request_id;
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(protocol("a malformed request_id"));
+        }
+        let built = format!(
+            "{}/{}/requests/{id}",
+            self.queue_url,
+            app_path(job.endpoint.full())
+        );
+        let pick = |given: Option<String>, fallback: String| match given {
+            Some(url) if self.on_queue_origin(&url) => url,
+            Some(_) => {
+                tracing::warn!(
+                    fal_request_id = id.as_str(),
+                    "fal's submit answer points outside the configured fal hosts; building the URL instead"
+                );
+                fallback
+            }
+            None => fallback,
+        };
+        Ok(JobUrls {
+            status: pick(submitted.status_url, format!("{built}/status")),
+            cancel: pick(submitted.cancel_url, format!("{built}/cancel")),
+            response: pick(submitted.response_url, built),
+            id,
+        })
+    }
+
+    /// Whether `url` is an http(s) URL without query or fragment on the
+    /// origin of `queue_url` or its backup.
+    fn on_queue_origin(&self, url: &str) -> bool {
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return false;
+        };
+        matches!(parsed.scheme(), "http" | "https")
+            && parsed.query().is_none()
+            && parsed.fragment().is_none()
+            && self
+                .queue_origins
+                .contains(&parsed.origin().ascii_serialization())
+    }
+
+    /// Ask fal to cancel a job, retried like fal's clients retry; the
+    /// handle yields fal's answer. Tracked so shutdown waits for it.
+    fn spawn_cancel(&self, urls: &JobUrls, reason: CancelReason) -> JoinHandle<CancelOutcome> {
+        let upstream = self.upstream.clone();
+        let metrics = upstream.metrics.clone();
+        metrics
+            .upstream_cancels
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        let req_headers = self.auth_headers.clone();
+        let url = urls.cancel.clone();
+        let id = urls.id.clone();
+        self.cancels.spawn(
+            async move {
+                let ctx = JobContext {
+                    deadline: Instant::now() + CANCEL_BUDGET,
+                    cancel: CancellationToken::new(),
+                    timeout_seconds: CANCEL_BUDGET.as_secs(),
+                };
+                let policy = CallPolicy {
+                    max_retries: Some(CANCEL_RETRIES),
+                    ..CallPolicy::IDEMPOTENT
+                };
+                let build = |u: &str| {
+                    upstream
+                        .http
+                        .request(Method::PUT, u)
+                        .headers(req_headers.clone())
+                };
+                let answer = upstream
+                    .call(Operation::Cancel, &url, build, &ctx, policy)
+                    .await;
+                let outcome = match &answer {
+                    Ok(answer) => cancel_outcome(answer),
+                    Err(_) => CancelOutcome::Failed,
+                };
+                metrics
+                    .upstream_cancel_outcomes
+                    .with_label_values(&[outcome.as_str()])
+                    .inc();
+                let fal_request_id = answer
+                    .as_ref()
+                    .ok()
+                    .and_then(Answer::fal_request_id)
+                    .unwrap_or("");
+                if outcome == CancelOutcome::Failed {
+                    tracing::warn!(
+                        request_id = id.as_str(),
+                        fal_request_id,
+                        reason = reason.as_str(),
+                        "cancelling a fal job failed; it may still run"
+                    );
+                } else {
+                    tracing::debug!(
+                        request_id = id.as_str(),
+                        outcome = outcome.as_str(),
+                        reason = reason.as_str(),
+                        "fal job cancelled"
+                    );
+                }
+                outcome
+            }
+            .in_current_span(),
+        )
+    }
+}
+
+/// fal's answer to a cancel: the `status` it names, else its HTTP status
+/// (202 requested, 400 already completed, 404 not found).
+fn cancel_outcome(answer: &Answer) -> CancelOutcome {
+    let named = serde_json::from_slice::<CancelAnswer>(&answer.body)
+        .ok()
+        .and_then(|a| a.status);
+    match (named.as_deref(), answer.status.as_u16()) {
+        (Some("CANCELLATION_REQUESTED" | "OK"), _) => CancelOutcome::CancellationRequested,
+        (Some("ALREADY_COMPLETED"), _) => CancelOutcome::AlreadyCompleted,
+        (Some("NOT_FOUND"), _) => CancelOutcome::NotFound,
+        (_, 200..=299) => CancelOutcome::CancellationRequested,
+        (_, 400) => CancelOutcome::AlreadyCompleted,
+        (_, 404) => CancelOutcome::NotFound,
+        _ => CancelOutcome::Failed,
+    }
+}
+
+fn cancel_reason(e: &JobError) -> CancelReason {
+    match e {
+        JobError::Stopped(Stop::Cancelled) => CancelReason::Cancelled,
+        JobError::Stopped(Stop::Deadline) => CancelReason::Deadline,
+        JobError::Failed(_) => CancelReason::Error,
+    }
+}
+
+/// The client's error for a job with nothing left to cancel; `note` says
+/// what became of it when its deadline passed.
+fn settled(e: JobError, ctx: &JobContext, note: &str) -> ApiError {
+    match e {
+        JobError::Failed(e) => e,
+        JobError::Stopped(Stop::Deadline) => ApiError::deadline(ctx.timeout_seconds, note),
+        JobError::Stopped(stop) => ctx.error(stop),
+    }
+}
+
+/// `scheme://host[:port]` of a base URL; empty when it does not parse.
+fn origin(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
+/// fal's per-request controls (PROTOCOLS.md section B, "Request headers
+/// fal understands"), as the settings ask for them.
+fn controls(settings: &FalSettings) -> Result<HeaderMap, String> {
+    let mut h = HeaderMap::new();
+    if settings.disable_fallback {
+        h.insert(
+            "x-app-fal-disable-fallback",
+            HeaderValue::from_static("true"),
+        );
+    }
+    if !settings.store_io {
+        h.insert("x-fal-store-io", HeaderValue::from_static("0"));
+    }
+    if settings.object_expiration_seconds > 0 {
+        let value = format!(
+            r#"{{"expiration_duration_seconds":{}}}"#,
+            settings.object_expiration_seconds
+        );
+        h.insert(
+            "x-fal-object-lifecycle-preference",
+            HeaderValue::from_str(&value).map_err(|e| e.to_string())?,
+        );
+    }
+    if settings.queue_priority == QueuePriority::Low {
+        h.insert("x-fal-queue-priority", HeaderValue::from_static("low"));
+    }
+    Ok(h)
 }
 
 /// The JSON body fal receives for `job`.
@@ -323,12 +685,18 @@ impl ImageBackend for FalBackend {
         job: &'a Job,
         ctx: &'a JobContext,
     ) -> BoxFuture<'a, Result<JobOutput, ApiError>> {
+        let span = tracing::info_span!(
+            "fal_job",
+            endpoint = job.endpoint.full(),
+            fal_request_id = tracing::field::Empty
+        );
         async move {
             match self.mode {
                 FalMode::Queue => self.run_queue(job, ctx).await,
                 FalMode::Sync => self.run_sync(job, ctx).await,
             }
         }
+        .instrument(span)
         .boxed()
     }
 }

@@ -1,5 +1,8 @@
 //! Watching a queued job until it is done: fal's status event stream when it
-//! works, polling (a short first delay, then backing off) when it does not.
+//! works, polling (a short first delay, then backing off) when it does not:
+//! when it is refused, is not `text/event-stream`, breaks, ends early, or
+//! stays silent past `fal.status_stream_idle_timeout_ms` (fal sends a
+//! comment every 15 s, so silence means a stalled connection).
 
 use std::time::Duration;
 
@@ -8,7 +11,7 @@ use reqwest::Method;
 use reqwest::header;
 use tokio::time::Instant;
 
-use super::errors::{completed_error, protocol, safe_token};
+use super::errors::protocol;
 use super::sse::{MAX_SSE_EVENT_BYTES, event_data, next_sse_event};
 use super::transport::{Operation, outcome_label};
 use super::wire::Status;
@@ -49,13 +52,7 @@ impl FalBackend {
             delay = (delay * 2)
                 .max(Duration::from_millis(25))
                 .min(self.poll_max);
-            let answer = self
-                .fetch(
-                    Operation::Status,
-                    || self.request(Method::GET, status_url),
-                    ctx,
-                )
-                .await?;
+            let answer = self.fetch(Operation::Status, status_url, ctx).await?;
             let status: Status = serde_json::from_slice(&answer.body).map_err(|_| {
                 JobError::Failed(protocol("a status answer that is not JSON with `status`"))
             })?;
@@ -79,11 +76,25 @@ impl FalBackend {
             .header(header::ACCEPT, "text/event-stream")
             .timeout(ctx.remaining());
         let started = std::time::Instant::now();
-        let sent = ctx.race(request.send()).await.map_err(JobError::Stopped)?;
+        let idle = self.stream_idle_timeout;
+        let sent = ctx
+            .race(tokio::time::timeout(idle, request.send()))
+            .await
+            .map_err(JobError::Stopped)?;
+        let Ok(sent) = sent else {
+            self.upstream().count(Operation::Stream, "idle_timeout");
+            tracing::debug!("fal status stream did not answer; polling");
+            return Ok(false);
+        };
         let mut resp = match sent {
-            Ok(resp) if resp.status().is_success() => resp,
+            Ok(resp) if resp.status().is_success() && is_event_stream(resp.headers()) => resp,
+            Ok(resp) if resp.status().is_success() => {
+                self.upstream().count(Operation::Stream, "not_event_stream");
+                tracing::debug!("fal status stream is not text/event-stream; polling");
+                return Ok(false);
+            }
             Ok(resp) => {
-                self.upstream
+                self.upstream()
                     .count(Operation::Stream, outcome_label(resp.status()));
                 tracing::debug!(
                     status = resp.status().as_u16(),
@@ -97,14 +108,21 @@ impl FalBackend {
                 } else {
                     "transport_error"
                 };
-                self.upstream.count(Operation::Stream, outcome);
+                self.upstream().count(Operation::Stream, outcome);
                 tracing::debug!("fal status stream unreachable; polling");
                 return Ok(false);
             }
         };
         let mut buf = BytesMut::new();
         let outcome = loop {
-            match ctx.race(resp.chunk()).await.map_err(JobError::Stopped)? {
+            let chunk = ctx
+                .race(tokio::time::timeout(idle, resp.chunk()))
+                .await
+                .map_err(JobError::Stopped)?;
+            let Ok(chunk) = chunk else {
+                break "idle_timeout";
+            };
+            match chunk {
                 Ok(Some(bytes)) => {
                     buf.extend_from_slice(&bytes);
                     if buf.len() > MAX_SSE_EVENT_BYTES {
@@ -120,8 +138,11 @@ impl FalBackend {
                             ))
                         })?;
                         if on_status(status, running_since)? {
-                            self.upstream
-                                .observe(Operation::Stream, "success", started.elapsed());
+                            self.upstream().observe(
+                                Operation::Stream,
+                                "success",
+                                started.elapsed(),
+                            );
                             return Ok(true);
                         }
                     }
@@ -130,10 +151,25 @@ impl FalBackend {
                 Err(_) => break "transport_error",
             }
         };
-        self.upstream.count(Operation::Stream, outcome);
+        self.upstream().count(Operation::Stream, outcome);
         tracing::debug!(outcome, "fal status stream ended before COMPLETED; polling");
         Ok(false)
     }
+
+    fn upstream(&self) -> &super::transport::Upstream {
+        &self.shared.upstream
+    }
+}
+
+fn is_event_stream(headers: &header::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
 }
 
 /// Act on one status: `Ok(true)` when the job is done and its result can be
@@ -145,17 +181,10 @@ fn on_status(status: Status, running_since: &mut Option<Instant>) -> Result<bool
             running_since.get_or_insert_with(Instant::now);
             Ok(false)
         }
-        "COMPLETED" => {
-            if status.error.as_ref().is_some_and(|e| !e.is_null()) {
-                let t = status.error_type.as_deref().and_then(safe_token);
-                tracing::warn!(
-                    error_type = t.as_deref().unwrap_or(""),
-                    "fal job completed with an error"
-                );
-                return Err(JobError::Failed(completed_error(t)));
-            }
-            Ok(true)
-        }
+        // A failed job says COMPLETED too, with `error`/`error_type`; its
+        // result carries the model's real error and status, so it is
+        // fetched and classified like any other answer.
+        "COMPLETED" => Ok(true),
         _ => Err(JobError::Failed(protocol("an unknown job status"))),
     }
 }

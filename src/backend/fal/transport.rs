@@ -45,8 +45,14 @@ impl Operation {
 pub enum CallError {
     /// Cancelled, or the request deadline passed.
     Stopped(Stop),
-    /// Connection refused, DNS failure, reset, or a call timeout, after retries.
+    /// Connection refused, DNS failure, or a failure of an idempotent call,
+    /// after retries: the request provably did not reach fal, or repeating
+    /// it is free.
     Transport(String),
+    /// A submit or sync run that was sent but got no answer (a timeout, or
+    /// a reset after the request went out): fal may be running, and billing,
+    /// the job. Never retried.
+    Unconfirmed { timeout: bool, message: String },
     /// The answer was larger than `fal.max_response_bytes`.
     TooLarge,
 }
@@ -59,30 +65,62 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+impl Answer {
+    /// `x-fal-request-id`, which fal's own servers send and fal support
+    /// asks for (not secret), reduced to a safe token.
+    pub fn fal_request_id(&self) -> Option<&str> {
+        fal_request_id(&self.headers)
+    }
+}
+
+/// `x-fal-request-id` of an answer, when it is a plain token.
+pub fn fal_request_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-fal-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+}
+
+/// How one call is retried, like fal's own clients: exponential backoff from
+/// `base`, capped at `cap`, with jitter in [50%, 150%] (the Python client's),
+/// at most `max_retries` times and never past `budget` since the first
+/// attempt nor past the request deadline.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
     pub max_retries: u32,
     pub base: Duration,
     pub cap: Duration,
+    pub budget: Duration,
 }
 
 impl RetryPolicy {
-    /// Exponential backoff from `base`, capped, with jitter in [50%, 100%].
+    /// The delay before retry number `attempt + 1`.
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self
             .base
             .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
-        let capped = exp.min(self.cap);
-        capped.mul_f64(0.5 + fastrand::f64() * 0.5)
+        exp.min(self.cap)
+            .mul_f64(0.5 + fastrand::f64())
+            .min(self.cap)
     }
 }
 
-/// Shared HTTP plumbing: the pooled client, size limit, retries and metrics.
+/// Shared HTTP plumbing: the pooled client, size limit, retries, backup
+/// hosts and metrics.
 pub struct Upstream {
     pub http: reqwest::Client,
     pub max_response_bytes: usize,
     pub call_timeout: Duration,
     pub retry: RetryPolicy,
+    /// (primary origin, backup origin) pairs: a call whose connection to the
+    /// primary fails is replayed once on the backup (fal's documented
+    /// backup hosts, as the Python client does).
+    pub backups: Vec<(String, String)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -100,16 +138,48 @@ pub fn build_client(settings: &FalSettings) -> Result<reqwest::Client, reqwest::
         .build()
 }
 
+/// What may be repeated of one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// An idempotent call (status, result, cancel, download): transport
+    /// errors are retried.
+    Idempotent,
+    /// A paid call (submit, sync run): only what provably did not reach fal
+    /// is retried (connect errors, and answers fal's clients retry).
+    PaidOnce,
+}
+
 impl Upstream {
-    /// Send one request with fal's retry rules until it yields an answer
-    /// worth classifying, the retries run out, or `ctx` ends it.
+    pub fn new(settings: &FalSettings, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: build_client(settings)?,
+            max_response_bytes: settings.max_response_bytes,
+            call_timeout: Duration::from_secs(settings.call_timeout_seconds),
+            retry: RetryPolicy {
+                max_retries: settings.max_retries,
+                base: Duration::from_millis(settings.retry_base_delay_ms),
+                cap: Duration::from_millis(settings.retry_max_delay_ms),
+                budget: Duration::from_secs(settings.retry_budget_seconds),
+            },
+            backups: settings.backup_origins(),
+            metrics,
+        })
+    }
+
+    /// Send one request to `url` with fal's retry rules until it yields an
+    /// answer worth classifying, the retries run out, or `ctx` ends it.
+    /// `bounded` cuts each attempt at the request deadline; a paid call that
+    /// must be seen through to its answer (to cancel what it started) is
+    /// not bounded, and its caller stops waiting instead.
     pub async fn call(
         &self,
         op: Operation,
-        build: impl Fn() -> reqwest::RequestBuilder,
+        url: &str,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
         ctx: &JobContext,
-        retry_transport: bool,
+        policy: CallPolicy,
     ) -> Result<Answer, CallError> {
+        let first = Instant::now();
         let mut attempt = 0u32;
         loop {
             if ctx.cancel.is_cancelled() {
@@ -118,23 +188,40 @@ impl Upstream {
             if Instant::now() >= ctx.deadline {
                 return Err(CallError::Stopped(Stop::Deadline));
             }
-            let timeout = self.call_timeout.min(ctx.remaining());
+            let timeout = if policy.bounded {
+                self.call_timeout.min(ctx.remaining())
+            } else {
+                self.call_timeout
+            };
             let started = std::time::Instant::now();
-            let outcome = ctx
-                .race(self.execute(build().timeout(timeout)))
-                .await
-                .map_err(CallError::Stopped)?;
+            let mut outcome = self
+                .attempt(build(url).timeout(timeout), ctx, policy.bounded)
+                .await?;
+            if let Err(ExecError::Transport { connect: true, .. }) = &outcome
+                && let Some(backup) = self.backup_of(url)
+            {
+                tracing::warn!(
+                    operation = op.as_str(),
+                    "connection to fal failed; trying its backup host"
+                );
+                outcome = self
+                    .attempt(build(&backup).timeout(timeout), ctx, policy.bounded)
+                    .await?;
+            }
             self.metrics
                 .upstream_duration
                 .with_label_values(&[op.as_str()])
                 .observe(started.elapsed().as_secs_f64());
-            let delay = match outcome {
+            let retries_left = attempt < policy.max_retries.unwrap_or(self.retry.max_retries);
+            // The retry's delay, and what the call ends with if it is not retried.
+            let (delay, last) = match outcome {
                 Ok(answer) => {
                     self.count(op, outcome_label(answer.status));
-                    match retryable(op, &answer) {
-                        Some(hint) if attempt < self.retry.max_retries => {
-                            hint.unwrap_or_else(|| self.retry.delay(attempt))
-                        }
+                    match retryable(op, &answer, policy) {
+                        Some(hint) if retries_left => (
+                            hint.unwrap_or_else(|| self.retry.delay(attempt)),
+                            Ok(answer),
+                        ),
                         _ => return Ok(answer),
                     }
                 }
@@ -155,13 +242,26 @@ impl Upstream {
                             "transport_error"
                         },
                     );
-                    if (retry_transport || connect) && attempt < self.retry.max_retries {
-                        self.retry.delay(attempt)
-                    } else {
+                    if policy.repeat == Repeat::PaidOnce && !connect {
+                        self.metrics
+                            .upstream_unconfirmed
+                            .with_label_values(&[op.as_str()])
+                            .inc();
+                        return Err(CallError::Unconfirmed { timeout, message });
+                    }
+                    if !retries_left {
                         return Err(CallError::Transport(message));
                     }
+                    (
+                        self.retry.delay(attempt),
+                        Err(CallError::Transport(message)),
+                    )
                 }
             };
+            if first.elapsed() + delay > self.retry.budget {
+                tracing::debug!(operation = op.as_str(), "upstream retry budget spent");
+                return last;
+            }
             if Instant::now() + delay >= ctx.deadline {
                 return Err(CallError::Stopped(Stop::Deadline));
             }
@@ -178,6 +278,35 @@ impl Upstream {
             ctx.sleep(delay).await.map_err(CallError::Stopped)?;
             attempt += 1;
         }
+    }
+
+    /// One attempt, stopped by `ctx`'s cancellation and, when `bounded`,
+    /// by its deadline.
+    async fn attempt(
+        &self,
+        req: reqwest::RequestBuilder,
+        ctx: &JobContext,
+        bounded: bool,
+    ) -> Result<Result<Answer, ExecError>, CallError> {
+        if bounded {
+            return ctx
+                .race(self.execute(req))
+                .await
+                .map_err(CallError::Stopped);
+        }
+        tokio::select! {
+            outcome = self.execute(req) => Ok(outcome),
+            () = ctx.cancel.cancelled() => Err(CallError::Stopped(Stop::Cancelled)),
+        }
+    }
+
+    /// The backup host's version of `url`, when its origin has one.
+    fn backup_of(&self, url: &str) -> Option<String> {
+        self.backups.iter().find_map(|(primary, backup)| {
+            let rest = url.strip_prefix(primary.as_str())?;
+            (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+                .then(|| format!("{backup}{rest}"))
+        })
     }
 
     pub fn count(&self, op: Operation, outcome: &str) {
@@ -212,7 +341,7 @@ impl Upstream {
     }
 
     /// Record one call that did not go through [`Upstream::call`] (the
-    /// status stream, cancellations).
+    /// status stream).
     pub fn observe(&self, op: Operation, outcome: &str, took: Duration) {
         self.metrics
             .upstream_duration
@@ -220,6 +349,29 @@ impl Upstream {
             .observe(took.as_secs_f64());
         self.count(op, outcome);
     }
+}
+
+/// How [`Upstream::call`] treats one call.
+#[derive(Clone, Copy, Debug)]
+pub struct CallPolicy {
+    pub repeat: Repeat,
+    /// Cut each attempt at the request deadline.
+    pub bounded: bool,
+    /// Retry a 429 (fal's clients do; not when the gateway asked fal for a
+    /// short queue with `fal_max_queue_length`, whose 429 means "full").
+    pub retry_429: bool,
+    /// Overrides `fal.max_retries` (cancels retry like fal's JS client: 3).
+    pub max_retries: Option<u32>,
+}
+
+impl CallPolicy {
+    /// Status, result, download: idempotent, bounded by the deadline.
+    pub const IDEMPOTENT: CallPolicy = CallPolicy {
+        repeat: Repeat::Idempotent,
+        bounded: true,
+        retry_429: true,
+        max_retries: None,
+    };
 }
 
 enum ExecError {
@@ -261,18 +413,19 @@ pub fn outcome_label(status: StatusCode) -> &'static str {
 }
 
 /// Whether fal's own clients would retry this answer; `Some(hint)` carries
-/// the server's `retry-after` when it gave one.
-fn retryable(op: Operation, answer: &Answer) -> Option<Option<Duration>> {
-    let from_fal = answer.headers.contains_key("x-fal-request-id");
+/// the server's `retry-after` when it gave one. Ingress errors are told from
+/// fal's own as the Python client does: 502/503/504 without
+/// `x-fal-request-id` whose body says `nginx`. A 504 with any
+/// `X-Fal-Request-Timeout-Type` is fal honouring a start timeout: final.
+fn retryable(op: Operation, answer: &Answer, policy: CallPolicy) -> Option<Option<Duration>> {
     let status = answer.status.as_u16();
     let retry = match status {
-        408 | 409 | 429 => op != Operation::Run || status == 429,
+        429 => policy.retry_429,
+        408 | 409 => op != Operation::Run,
         502..=504 => {
-            let user_timeout = answer
-                .headers
-                .get("x-fal-request-timeout-type")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"user"));
-            !user_timeout && !from_fal
+            !answer.headers.contains_key("x-fal-request-timeout-type")
+                && !answer.headers.contains_key("x-fal-request-id")
+                && contains(&answer.body, b"nginx")
         }
         500 => op == Operation::Status,
         _ => false,
@@ -282,6 +435,10 @@ fn retryable(op: Operation, answer: &Answer) -> Option<Option<Duration>> {
             .get("x-fal-needs-retry")
             .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true")));
     retry.then(|| retry_after(&answer.headers))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `retry-after-ms`, then `retry-after` in seconds; HTTP dates are ignored
@@ -337,13 +494,29 @@ mod tests {
                 answer(502, &[], "<html>nginx</html>"),
                 true,
             ),
-            (Operation::Submit, answer(503, &[], ""), true),
-            (Operation::Submit, answer(504, &[], ""), true),
-            (Operation::Submit, answer(502, &[fal_id], ""), false),
+            (
+                Operation::Submit,
+                answer(503, &[], "<center>nginx</center>"),
+                true,
+            ),
+            (Operation::Submit, answer(504, &[], "nginx"), true),
+            // Without nginx's signature it may be fal's own answer: final.
+            (Operation::Submit, answer(503, &[], ""), false),
+            (
+                Operation::Submit,
+                answer(502, &[], r#"{"detail":"x"}"#),
+                false,
+            ),
+            (
+                Operation::Submit,
+                answer(504, &[("x-fal-request-timeout-type", "system")], "nginx"),
+                false,
+            ),
+            (Operation::Submit, answer(502, &[fal_id], "nginx"), false),
             (Operation::Submit, answer(503, &[fal_id], ""), false),
             (
                 Operation::Submit,
-                answer(504, &[("x-fal-request-timeout-type", "user")], ""),
+                answer(504, &[("x-fal-request-timeout-type", "user")], "nginx"),
                 false,
             ),
             (Operation::Submit, answer(500, &[], ""), false),
@@ -361,7 +534,7 @@ mod tests {
         ];
         for (op, a, expected) in table {
             assert_eq!(
-                retryable(op, &a).is_some(),
+                retryable(op, &a, CallPolicy::IDEMPOTENT).is_some(),
                 expected,
                 "{op:?} {} {:?}",
                 a.status,
@@ -390,12 +563,27 @@ mod tests {
             max_retries: 10,
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
+            budget: Duration::from_secs(30),
         };
         for attempt in 0..40 {
             let d = p.delay(attempt);
             let nominal = Duration::from_millis(100 * 2u64.saturating_pow(attempt.min(20)))
                 .min(Duration::from_secs(1));
-            assert!(d >= nominal / 2 && d <= nominal, "attempt {attempt}: {d:?}");
+            assert!(
+                d >= nominal / 2 && d <= (nominal * 3 / 2).min(p.cap),
+                "attempt {attempt}: {d:?}"
+            );
         }
+    }
+
+    #[test]
+    fn a_429_is_final_when_the_gateway_asked_for_a_short_queue() {
+        let a = answer(429, &[("x-fal-request-id", "x")], "{}");
+        let short_queue = CallPolicy {
+            retry_429: false,
+            ..CallPolicy::IDEMPOTENT
+        };
+        assert!(retryable(Operation::Submit, &a, CallPolicy::IDEMPOTENT).is_some());
+        assert!(retryable(Operation::Submit, &a, short_queue).is_none());
     }
 }

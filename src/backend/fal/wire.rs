@@ -39,16 +39,47 @@ impl<'a> ImagenInput<'a> {
     }
 }
 
+/// The queue's answer to a submit. The URLs are followed only when they
+/// point at a configured fal origin.
 #[derive(Deserialize)]
 pub struct Submitted {
     pub request_id: String,
+    pub status_url: Option<String>,
+    pub response_url: Option<String>,
+    pub cancel_url: Option<String>,
 }
 
+/// A status answer or event. A COMPLETED job's `error`/`error_type` are not
+/// read: like fal's own clients, the gateway fetches the result, which
+/// carries the model's real error and status code.
 #[derive(Deserialize)]
 pub struct Status {
     pub status: String,
-    pub error: Option<serde_json::Value>,
-    pub error_type: Option<String>,
+}
+
+/// The answer to `PUT <cancel_url>`.
+#[derive(Deserialize)]
+pub struct CancelAnswer {
+    pub status: Option<String>,
+}
+
+/// Namespaces whose endpoint ids carry one more segment before
+/// `owner/alias` (fal's clients' `APP_NAMESPACES`).
+const NAMESPACES: [&str; 2] = ["workflows", "comfy"];
+
+/// The part of an endpoint id the queue's request URLs live under:
+/// `fal-ai/imagen4` for `fal-ai/imagen4/preview/fast`,
+/// `workflows/owner/alias` for `workflows/owner/alias/path`.
+pub fn app_path(endpoint: &str) -> &str {
+    let segments = match endpoint.split('/').next() {
+        Some(first) if NAMESPACES.contains(&first) => 3,
+        _ => 2,
+    };
+    let end = endpoint
+        .match_indices('/')
+        .nth(segments - 1)
+        .map_or(endpoint.len(), |(i, _)| i);
+    &endpoint[..end]
 }
 
 #[derive(Deserialize)]
@@ -206,6 +237,20 @@ mod tests {
             serde_json::json!({"prompt":"a lighthouse at dusk","aspect_ratio":"16:9","num_images":2,
                                "output_format":"webp","sync_mode":true,"seed":11})
         );
+    }
+
+    #[test]
+    fn request_urls_live_under_the_app_namespace_included() {
+        for (id, app) in [
+            ("fal-ai/imagen4/preview/fast", "fal-ai/imagen4"),
+            ("fal-ai/flux-2", "fal-ai/flux-2"),
+            ("openai/gpt-image-2", "openai/gpt-image-2"),
+            ("workflows/acme/pipeline", "workflows/acme/pipeline"),
+            ("workflows/acme/pipeline/v2", "workflows/acme/pipeline"),
+            ("comfy/acme/graph/run", "comfy/acme/graph"),
+        ] {
+            assert_eq!(app_path(id), app, "{id}");
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ describe('streaming', () => {
       })(),
       (e) => {
         assert.ok(e instanceof OpenAI.APIError);
-        assert.equal(e.code, 'upstream_error');
+        assert.equal(e.code, 'upstream_unavailable');
         assert.equal(e.type, 'server_error');
         assert.ok(e.requestID);
         return true;

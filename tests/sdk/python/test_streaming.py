@@ -98,7 +98,7 @@ def test_a_cached_answer_streams_at_once(client, fake):
     [
         (
             {"op": "stream", "action": {"kind": "completed_with_error", "error": "runner crashed", "error_type": "runner_disconnected"}},
-            "upstream_error",
+            "upstream_unavailable",
             "server_error",
         ),
         ({"op": "result", "action": {"kind": "respond", "status": 500}}, "upstream_error", "server_error"),
