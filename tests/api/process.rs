@@ -519,3 +519,52 @@ async fn no_form_of_redis_password_is_printed_at_start_in_check_config_or_errors
         assert!(!logs.contains("SECRET"), "the logs print {url}: {logs}");
     }
 }
+
+#[actix_web::test]
+async fn upstream_failures_are_logged_with_fals_request_ids() {
+    let fal = FakeFal::start("127.0.0.1:0", FakeConfig::default(), 1).unwrap();
+    let mut env = fal_env(&fal);
+    // Warnings only: the ids must reach the lines that matter at any level.
+    env.push(("IMAGE_GATEWAY__LOG__LEVEL", "warn".into()));
+    env.push(("IMAGE_GATEWAY__FAL__MAX_RETRIES", "0".into()));
+    let gw = Gateway::start(&env).await;
+    fal.inject(Fault {
+        op: Op::Result,
+        times: 1,
+        action: FaultAction::Respond {
+            status: 500,
+            headers: vec![("x-fal-request-id".into(), "fal-support-id-4711".into())],
+            body: r#"{"detail":"boom"}"#.into(),
+        },
+    });
+
+    let res = reqwest::Client::new()
+        .post(gw.url("/v1/images/generations"))
+        .json(&json!({"prompt":"log my ids"}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(res.status(), 502);
+    // The job's queue request id, as fal's dashboard and support know it.
+    let result_call = fal
+        .calls()
+        .into_iter()
+        .find(|c| c.op == Op::Result)
+        .expect("the result was fetched");
+    let job_id = result_call.path.rsplit('/').next().unwrap().to_owned();
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = gw.logs();
+        if logs.contains("fal call failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = logs
+        .lines()
+        .find(|l| l.contains("fal call failed"))
+        .unwrap_or_else(|| panic!("no failure line: {}", short(&logs)));
+    assert!(line.contains("fal-support-id-4711"), "{line}");
+    assert!(line.contains(&job_id), "{line}");
+}

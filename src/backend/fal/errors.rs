@@ -52,13 +52,15 @@ pub fn call_error(e: CallError, ctx: &JobContext) -> ApiError {
 pub fn classify(op: Operation, answer: &Answer) -> ApiError {
     let status = answer.status.as_u16();
     let error_type = error_type_of(answer);
-    let fal_request_id = answer.fal_request_id().unwrap_or("");
+    // The answer's own id: what fal support asks for. (The job's queue
+    // request id is on the enclosing `fal_job` span.)
+    let x_fal_request_id = answer.fal_request_id().unwrap_or("");
     let log = |what: &str| {
         tracing::warn!(
             operation = op.as_str(),
             status,
             error_type = error_type.as_deref().unwrap_or(""),
-            fal_request_id,
+            x_fal_request_id,
             "{what}"
         );
     };
@@ -72,7 +74,7 @@ pub fn classify(op: Operation, answer: &Answer) -> ApiError {
             tracing::error!(
                 operation = op.as_str(),
                 status,
-                fal_request_id,
+                x_fal_request_id,
                 "fal refused the gateway's FAL_KEY"
             );
             ApiError::UpstreamAuth

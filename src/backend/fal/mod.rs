@@ -570,7 +570,7 @@ impl Shared {
                     .upstream_cancel_outcomes
                     .with_label_values(&[outcome.as_str()])
                     .inc();
-                let fal_request_id = answer
+                let x_fal_request_id = answer
                     .as_ref()
                     .ok()
                     .and_then(Answer::fal_request_id)
@@ -578,7 +578,7 @@ impl Shared {
                 if outcome == CancelOutcome::Failed {
                     tracing::warn!(
                         request_id = id.as_str(),
-                        fal_request_id,
+                        x_fal_request_id,
                         reason = reason.as_str(),
                         "cancelling a fal job failed; it may still run"
                     );
@@ -685,7 +685,10 @@ impl ImageBackend for FalBackend {
         job: &'a Job,
         ctx: &'a JobContext,
     ) -> BoxFuture<'a, Result<JobOutput, ApiError>> {
-        let span = tracing::info_span!(
+        // At error level so that its fields (the job's queue request id,
+        // which fal support asks for) reach every line logged inside it,
+        // whatever the configured level.
+        let span = tracing::error_span!(
             "fal_job",
             endpoint = job.endpoint.full(),
             fal_request_id = tracing::field::Empty
