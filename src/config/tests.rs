@@ -138,6 +138,31 @@ fn invalid_values_name_their_key() {
             "fal.media:443",
             "fal.download_hosts",
         ),
+        (
+            "IMAGE_GATEWAY__FAL__BACKUP_QUEUE_URL",
+            "queue.falrun.com",
+            "fal.backup_queue_url",
+        ),
+        (
+            "IMAGE_GATEWAY__FAL__OBJECT_EXPIRATION_SECONDS",
+            "60",
+            "fal.object_expiration_seconds",
+        ),
+        (
+            "IMAGE_GATEWAY__FAL__QUEUE_PRIORITY",
+            "urgent",
+            "fal.queue_priority",
+        ),
+        (
+            "IMAGE_GATEWAY__FAL__RETRY_BUDGET_SECONDS",
+            "0",
+            "fal.retry_budget_seconds",
+        ),
+        (
+            "IMAGE_GATEWAY__FAL__STATUS_STREAM_IDLE_TIMEOUT_MS",
+            "0",
+            "fal.status_stream_idle_timeout_ms",
+        ),
     ];
     for (var, value, key) in cases {
         let err = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
@@ -146,6 +171,36 @@ fn invalid_values_name_their_key() {
             "{var}={value}: expected key {key}, got {err}"
         );
     }
+}
+
+#[test]
+fn fals_backup_hosts_are_used_only_with_fals_own_hosts() {
+    let fal = Settings::default().fal;
+    assert_eq!(
+        fal.backup_origins(),
+        [
+            (
+                "https://queue.fal.run".to_owned(),
+                "https://queue.falrun.com".to_owned()
+            ),
+            (
+                "https://fal.run".to_owned(),
+                "https://falrun.com".to_owned()
+            ),
+        ]
+    );
+    let mut proxied = fal.clone();
+    proxied.queue_url = "https://fal-proxy.internal".into();
+    proxied.run_url = "https://fal-proxy.internal/run".into();
+    assert!(proxied.backup_origins().is_empty());
+    proxied.backup_queue_url = "https://fal-proxy-2.internal/".into();
+    assert_eq!(
+        proxied.backup_origins(),
+        [(
+            "https://fal-proxy.internal".to_owned(),
+            "https://fal-proxy-2.internal".to_owned()
+        )]
+    );
 }
 
 #[test]
