@@ -5,7 +5,18 @@
 //! gateway's code, so a gateway that gets fal's values wrong fails against it.
 //!
 //! - `POST /<endpoint id>` submit, `GET /<owner>/<alias>/requests/<id>/status`
-//!   (and `/status/stream`), `GET .../requests/<id>` result, `PUT .../cancel`.
+//!   (and `/status/stream`, with a `: keep-alive` comment every
+//!   `stream_keepalive_ms`), `GET .../requests/<id>` result, `PUT .../cancel`
+//!   (202 `CANCELLATION_REQUESTED`, 400 `ALREADY_COMPLETED`, 404 `NOT_FOUND`).
+//!   Request routes are also served under one more leading segment
+//!   (`workflows/<owner>/<alias>/...`, or an advertised base's path); the
+//!   `status_url`, `response_url` and `cancel_url` a submit answers work, as
+//!   fal's official clients expect (tests/sdk drives them against it).
+//! - Like fal: every answer carries its own `x-fal-request-id`; a failed job
+//!   says COMPLETED with `error`/`error_type` and its result answers the
+//!   model's error; a cancelled job's result is a 499; a job still queued
+//!   when its `X-Fal-Request-Timeout` passes fails with a 504
+//!   `X-Fal-Request-Timeout-Type: user`.
 //! - `POST /run/<endpoint id>` plays fal's synchronous host (`run_url` =
 //!   `http://host:port/run`).
 //! - `GET /files/<name>` serves the images of non-sync answers.
