@@ -87,6 +87,11 @@ pub enum ApiError {
     /// fal unreachable, 5xx, malformed answer, failed job.
     #[error("{message}")]
     Upstream { message: String },
+    /// A paid call (submit, sync run) reached fal, or may have, and got no
+    /// answer: it is not repeated, and the client is told not to repeat it
+    /// either (`x-should-retry: false`), so the image is not paid twice.
+    #[error("{message}")]
+    UpstreamUnconfirmed { message: String },
     /// fal's infrastructure could not run the job now (no runner could be
     /// scheduled, the runner was lost): worth retrying shortly.
     #[error("{message}")]
@@ -247,6 +252,7 @@ impl ApiError {
             | ApiError::UpstreamRateLimited { .. } => "rate_limit_error",
             ApiError::UpstreamAuth
             | ApiError::Upstream { .. }
+            | ApiError::UpstreamUnconfirmed { .. }
             | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::ShuttingDown
@@ -270,7 +276,9 @@ impl ApiError {
             ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
             | ApiError::UpstreamRateLimited { .. } => Some("rate_limit_exceeded"),
-            ApiError::UpstreamAuth | ApiError::Upstream { .. } => Some("upstream_error"),
+            ApiError::UpstreamAuth
+            | ApiError::Upstream { .. }
+            | ApiError::UpstreamUnconfirmed { .. } => Some("upstream_error"),
             ApiError::UpstreamUnavailable { .. } => Some("upstream_unavailable"),
             ApiError::UpstreamTimeout { .. } => Some("upstream_timeout"),
             ApiError::ClientClosedRequest => Some("client_closed_request"),
@@ -326,9 +334,10 @@ impl ApiError {
             | ApiError::UpstreamRateLimited { .. }
             | ApiError::UpstreamUnavailable { .. }
             | ApiError::ShuttingDown => Some(true),
-            ApiError::UpstreamAuth | ApiError::UpstreamTimeout { .. } | ApiError::Internal => {
-                Some(false)
-            }
+            ApiError::UpstreamAuth
+            | ApiError::UpstreamUnconfirmed { .. }
+            | ApiError::UpstreamTimeout { .. }
+            | ApiError::Internal => Some(false),
             ApiError::Upstream { .. } => None,
             _ => Some(false),
         }
@@ -363,6 +372,7 @@ impl ApiError {
             ApiError::UpstreamRateLimited { .. } => "rate_limited",
             ApiError::UpstreamTimeout { .. } => "timeout",
             ApiError::Upstream { .. } => "upstream_error",
+            ApiError::UpstreamUnconfirmed { .. } => "unconfirmed",
             ApiError::UpstreamUnavailable { .. } => "unavailable",
             ApiError::ShuttingDown => "cancelled",
             _ => "other",
@@ -399,7 +409,9 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
             | ApiError::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::UpstreamAuth | ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamAuth
+            | ApiError::Upstream { .. }
+            | ApiError::UpstreamUnconfirmed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::ClientClosedRequest => {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)

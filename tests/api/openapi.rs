@@ -515,6 +515,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::UpstreamRateLimited { .. }
             | ApiError::UpstreamAuth
             | ApiError::Upstream { .. }
+            | ApiError::UpstreamUnconfirmed { .. }
             | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::ShuttingDown
@@ -565,6 +566,9 @@ fn every_error() -> Vec<ApiError> {
         ApiError::UpstreamAuth,
         ApiError::Upstream {
             message: "fal failed".into(),
+        },
+        ApiError::UpstreamUnconfirmed {
+            message: "fal did not answer; not repeated".into(),
         },
         ApiError::UpstreamUnavailable {
             message: "no runner".into(),

@@ -725,8 +725,11 @@ async fn a_submit_that_times_out_after_it_was_sent_is_never_repeated() {
         action: FaultAction::Delay { ms: 2_500 },
     });
 
-    let err = expect_error(app.post_generation(json!({"prompt":"pay once"})).await, 502).await;
+    let res = app.post_generation(json!({"prompt":"pay once"})).await;
 
+    // Nor should the client's SDK repeat it: that would be a second job too.
+    assert_eq!(res.headers()["x-should-retry"], "false");
+    let err = expect_error(res, 502).await;
     assert_eq!(err["code"], "upstream_error");
     assert!(
         err["message"].as_str().unwrap().contains("not repeated"),
@@ -741,6 +744,14 @@ async fn a_submit_that_times_out_after_it_was_sent_is_never_repeated() {
             &m,
             "image_gateway_upstream_unconfirmed_total",
             &[("operation", "submit")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            "image_gateway_upstream_jobs_total",
+            &[("model", "imagen-4-fast"), ("outcome", "unconfirmed")]
         ),
         Some(1.0)
     );

@@ -31,7 +31,7 @@ pub fn call_error(e: CallError, ctx: &JobContext) -> ApiError {
                 timeout,
                 "a paid call to fal got no answer; not repeated (fal may run and bill it)"
             );
-            ApiError::Upstream {
+            ApiError::UpstreamUnconfirmed {
                 message: if timeout {
                     "The image backend (fal.ai) did not answer in time. The request was not repeated, so that the image is not paid for twice."
                 } else {
