@@ -1176,12 +1176,14 @@ async fn a_stalled_status_stream_falls_back_to_polling_before_the_deadline() {
 #[actix_web::test]
 async fn keep_alive_comments_keep_a_quiet_status_stream() {
     let app = spawn_app_with_fake(
+        // Silent for 2 s but for comments every 100 ms; the idle timeout
+        // (1.5 s) leaves a loaded machine plenty of slack.
         FakeConfig {
-            run_ms: 1_000,
+            run_ms: 2_000,
             stream_keepalive_ms: 100,
             ..FakeConfig::default()
         },
-        |s| s.fal.status_stream_idle_timeout_ms = 400,
+        |s| s.fal.status_stream_idle_timeout_ms = 1_500,
     )
     .await;
 
