@@ -258,7 +258,7 @@ fn log_start(settings: &Settings, kind: BackendKind, state: &AppState) {
     tracing::info!(
         listen = %settings.server.listen,
         backend = kind.as_str(),
-        cache = settings.cache.enabled,
+        cache = settings.cache.mode.as_str(),
         redis = settings.cache.redis_url.is_set(),
         models = state.catalog.models().len(),
         version = env!("CARGO_PKG_VERSION"),

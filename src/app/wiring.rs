@@ -14,7 +14,7 @@ use crate::backend::fal::FalBackend;
 use crate::backend::fal::transport::Upstream;
 use crate::backend::local::LocalBackend;
 use crate::cache::{MemoryCache, RedisCache};
-use crate::config::Settings;
+use crate::config::{CacheMode, Settings};
 use crate::domain::BackendKind;
 use crate::files::FileStore;
 use crate::http::AppState;
@@ -55,21 +55,22 @@ fn caches(
     runtime: &tokio::runtime::Handle,
 ) -> Result<(Option<MemoryCache>, Option<Arc<RedisCache>>), StartupError> {
     let c = &settings.cache;
-    let memory = c.enabled.then(|| {
+    let enabled = c.mode != CacheMode::Off;
+    let memory = enabled.then(|| {
         MemoryCache::new(
             c.max_bytes,
             Duration::from_secs(c.ttl_seconds),
             metrics.clone(),
         )
     });
-    let shared = match (c.enabled, c.redis_url.is_set()) {
+    let shared = match (enabled, c.redis_url.is_set()) {
         (true, true) => Some(Arc::new(
             RedisCache::new(c, settings.backend_kind(), metrics.clone(), runtime.clone())
                 .map_err(StartupError::Setup)?,
         )),
         (false, true) => {
             tracing::warn!(
-                "cache.redis_url is set but cache.enabled is false: the shared cache is not used"
+                "cache.redis_url is set but cache.mode is off: the shared cache is not used"
             );
             None
         }
@@ -103,6 +104,7 @@ pub fn service(
         ),
         metrics: metrics.clone(),
         request_timeout: Duration::from_secs(settings.server.request_timeout_seconds),
+        cache_seeded_only: settings.cache.mode == CacheMode::Seeded,
         runtime: runtime.clone(),
         tasks: tasks.clone(),
     });
@@ -144,6 +146,7 @@ pub fn state(
         max_body_bytes: settings.server.max_body_bytes,
         body_timeout: Duration::from_millis(settings.server.client_body_timeout_ms),
         cache_scope: settings.cache.scope,
+        cache_mode: settings.cache.mode,
         stream_keepalive: Duration::from_secs(settings.server.stream_keepalive_seconds),
         started: Instant::now(),
     }))

@@ -25,8 +25,9 @@ pub use models::{ModelEntry, ModelSettings, OPENAI_MODEL_ALIASES, Successors};
 pub use profiles::{CustomSizeEntry, PriceEntry, ProfileEntry, Usd};
 pub use secret::{RedisUrl, Secret};
 pub use sections::{
-    AuthSettings, CacheScope, CacheSettings, FalMode, FalSettings, FileSettings, LimitSettings,
-    LocalSettings, LogFormat, LogSettings, MetricsSettings, QueuePriority, ServerSettings,
+    AuthSettings, CacheMode, CacheScope, CacheSettings, FalMode, FalSettings, FileSettings,
+    LimitSettings, LocalSettings, LogFormat, LogSettings, MetricsSettings, QueuePriority,
+    ServerSettings,
 };
 
 choice! {
@@ -135,6 +136,15 @@ impl Settings {
             .is_some_and(|k| k.expose().trim().is_empty())
         {
             settings.fal.key = None;
+        }
+        if let Some(enabled) = settings.cache.enabled.take() {
+            if !enabled {
+                settings.cache.mode = CacheMode::Off;
+            }
+            warnings.push(format!(
+                "cache.enabled is deprecated: write cache.mode = \"{}\" (IMAGE_GATEWAY__CACHE__MODE)",
+                settings.cache.mode.as_str()
+            ));
         }
         settings.validate()?;
         settings.warnings = warnings;

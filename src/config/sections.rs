@@ -265,6 +265,21 @@ impl FalSettings {
 }
 
 choice! {
+    /// Which requests the cache answers and coalesces.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum CacheMode {
+        /// Every request: an identical request gets the cached image.
+        #[default]
+        All = "all",
+        /// Only requests that carry a `seed`: without one each call is a
+        /// fresh sample, as with OpenAI.
+        Seeded = "seeded",
+        /// None: every request generates.
+        Off = "off",
+    }
+}
+
+choice! {
     /// Whether cached images are shared between client keys.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub enum CacheScope {
@@ -279,8 +294,13 @@ choice! {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
-    /// Cache identical requests and coalesce concurrent identical misses.
-    pub enabled: bool,
+    /// `all`: identical requests are answered from the cache and concurrent
+    /// identical misses coalesced; `seeded`: only those that carry a `seed`;
+    /// `off`: every request generates.
+    pub mode: CacheMode,
+    /// Deprecated: `false` is `mode = "off"`. Read, never written.
+    #[serde(skip_serializing)]
+    pub enabled: Option<bool>,
     /// Upper bound on the memory of cached answers: their bytes plus about
     /// 1 KiB of bookkeeping per entry (`cache::ENTRY_OVERHEAD_BYTES`).
     pub max_bytes: u64,
@@ -311,7 +331,8 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
-            enabled: true,
+            mode: CacheMode::All,
+            enabled: None,
             max_bytes: 256 * 1024 * 1024,
             ttl_seconds: 1_800,
             scope: CacheScope::Global,

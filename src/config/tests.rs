@@ -30,7 +30,7 @@ fn fixed_environment_names_are_honoured() {
             ("IMAGE_GATEWAY__FAL__RUN_URL", "http://127.0.0.1:1235"),
             ("IMAGE_GATEWAY__AUTH__API_KEYS", "sk-one, sk-two,,"),
             ("IMAGE_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS", "12"),
-            ("IMAGE_GATEWAY__CACHE__ENABLED", "false"),
+            ("IMAGE_GATEWAY__CACHE__MODE", "seeded"),
             ("FAL_KEY", "fal-secret"),
         ]),
     )
@@ -42,7 +42,7 @@ fn fixed_environment_names_are_honoured() {
     let keys: Vec<&str> = s.auth.api_keys.iter().map(Secret::expose).collect();
     assert_eq!(keys, ["sk-one", "sk-two"]);
     assert_eq!(s.server.request_timeout_seconds, 12);
-    assert!(!s.cache.enabled);
+    assert_eq!(s.cache.mode, CacheMode::Seeded);
     assert_eq!(s.fal.key.as_ref().map(Secret::expose), Some("fal-secret"));
 }
 
@@ -456,9 +456,15 @@ fn bad_values_get_one_line_naming_key_value_origin_and_allowed_values() {
             &["from 0 to 3600 (seconds)"],
         ),
         (
-            "IMAGE_GATEWAY__CACHE__ENABLED",
+            "IMAGE_GATEWAY__CACHE__MODE",
+            "some",
+            "cache.mode",
+            &["`some`", "`all`, `seeded`, `off`"],
+        ),
+        (
+            "IMAGE_GATEWAY__METRICS__ENABLED",
             "maybe",
-            "cache.enabled",
+            "metrics.enabled",
             &["`maybe`", "`true` or `false`"],
         ),
         (
@@ -708,6 +714,7 @@ fn choice_words_round_trip_through_the_file_format() {
     }
     round_trip::<BackendChoice>(BackendChoice::WORDS);
     round_trip::<FalMode>(FalMode::WORDS);
+    round_trip::<CacheMode>(CacheMode::WORDS);
     round_trip::<CacheScope>(CacheScope::WORDS);
     round_trip::<LogFormat>(LogFormat::WORDS);
     round_trip::<Successors>(Successors::WORDS);
@@ -735,4 +742,23 @@ fn the_documented_allowed_values_match_the_code() {
         doc.contains(&table),
         "docs/configuration.md should hold this table (under \"Allowed values\"):\n{table}"
     );
+}
+
+#[test]
+fn the_deprecated_cache_enabled_still_turns_the_cache_off_with_a_warning() {
+    let off =
+        Settings::load_from(None, env(&[("IMAGE_GATEWAY__CACHE__ENABLED", "false")])).unwrap();
+    assert_eq!(off.cache.mode, CacheMode::Off);
+    assert!(
+        off.warnings
+            .iter()
+            .any(|w| w.contains("cache.mode = \"off\"")),
+        "{:?}",
+        off.warnings
+    );
+    let on = Settings::load_from(None, env(&[("IMAGE_GATEWAY__CACHE__ENABLED", "true")])).unwrap();
+    assert_eq!(on.cache.mode, CacheMode::All);
+    assert_eq!(on.warnings.len(), 1, "{:?}", on.warnings);
+    let shown: toml::Table = toml::from_str(&on.to_redacted_toml()).unwrap();
+    assert!(!shown["cache"].as_table().unwrap().contains_key("enabled"));
 }

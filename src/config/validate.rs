@@ -79,11 +79,12 @@ pub(crate) const RANGES: &[Range] = &[
 /// documentation test lists them).
 #[cfg(test)]
 pub(crate) fn choices() -> Vec<(&'static str, &'static [&'static str])> {
-    use super::{CacheScope, FalMode, LogFormat, QueuePriority, Successors};
+    use super::{CacheMode, CacheScope, FalMode, LogFormat, QueuePriority, Successors};
     vec![
         ("backend", BackendChoice::WORDS),
         ("fal.mode", FalMode::WORDS),
         ("fal.queue_priority", QueuePriority::WORDS),
+        ("cache.mode", CacheMode::WORDS),
         ("cache.scope", CacheScope::WORDS),
         ("log.format", LogFormat::WORDS),
         ("models.successors", Successors::WORDS),

@@ -28,6 +28,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         },
         "offline": backend == BackendKind::Local,
         "cache": service.cache_enabled(),
+        "cache_mode": state.cache_mode.as_str(),
         // The shared cache is optional: its state is reported, and never
         // makes the replica unready.
         "redis": match service.shared_cache_up() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Auth;
-use crate::config::{CacheScope, FalMode};
+use crate::config::{CacheMode, CacheScope, FalMode};
 use crate::domain::ModelCatalog;
 use crate::limits::KeyLimits;
 use crate::metrics::Metrics;
@@ -28,6 +28,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub cache_scope: CacheScope,
+    /// Reported by `/readyz`.
+    pub cache_mode: CacheMode,
     /// Interval of SSE comment keep-alives while a streamed image is made.
     pub stream_keepalive: Duration,
     pub started: Instant,

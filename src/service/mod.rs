@@ -58,6 +58,8 @@ pub struct ServiceParts {
     pub limiter: JobLimiter,
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
+    /// `cache.mode = "seeded"`: only plans with a seed use the cache.
+    pub cache_seeded_only: bool,
     /// Where flights run.
     pub runtime: tokio::runtime::Handle,
     /// Tasks awaited at shutdown (flights, upstream cancellations).
@@ -73,6 +75,7 @@ pub struct GenerationService {
     limiter: JobLimiter,
     metrics: Arc<Metrics>,
     request_timeout: Duration,
+    cache_seeded_only: bool,
     runtime: tokio::runtime::Handle,
     /// Cancelled at shutdown; every flight's token is its child.
     stopping: CancellationToken,
@@ -90,6 +93,7 @@ impl GenerationService {
             limiter: parts.limiter,
             metrics: parts.metrics,
             request_timeout: parts.request_timeout,
+            cache_seeded_only: parts.cache_seeded_only,
             runtime: parts.runtime,
             stopping: CancellationToken::new(),
             tasks: parts.tasks,
@@ -109,7 +113,9 @@ impl GenerationService {
         if self.stopping.is_cancelled() {
             return Err(ApiError::ShuttingDown);
         }
-        let key = self.cache.as_ref().map(|_| CacheKey::of(plan, tenant));
+        // Without a key the request neither reads, joins nor fills the cache.
+        let cacheable = !self.cache_seeded_only || plan.seed.is_some();
+        let key = (self.cache.is_some() && cacheable).then(|| CacheKey::of(plan, tenant));
         if let (Some(cache), Some(key)) = (&self.cache, key)
             && !directives.no_cache
             && let Some(generation) = cache.get(&key).await

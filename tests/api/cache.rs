@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fake_fal::{FakeConfig, Fault, FaultAction, Op};
 use futures_util::future::join_all;
-use image_gateway::config::{CacheScope, Secret};
+use image_gateway::config::{CacheMode, CacheScope, Secret};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -211,13 +211,68 @@ async fn the_global_scope_shares_between_keys() {
 }
 
 #[actix_web::test]
-async fn with_the_cache_disabled_every_request_reaches_fal() {
-    let app = spawn_app_with(|s| s.cache.enabled = false).await;
-    for _ in 0..3 {
-        let res = app.post_generation(json!({"prompt":"uncached"})).await;
+async fn with_cache_mode_off_every_request_reaches_fal() {
+    let app = spawn_app_with(|s| s.cache.mode = CacheMode::Off).await;
+    for body in [
+        json!({"prompt":"uncached"}),
+        json!({"prompt":"uncached", "seed": 7}),
+    ] {
+        for _ in 0..2 {
+            let res = app.post_generation(body.clone()).await;
+            assert_eq!(res.headers()["x-cache"], "MISS");
+        }
+    }
+    assert_eq!(app.fal.count(Op::Submit), 4);
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["cache_mode"], "off");
+    assert_eq!(ready["cache"], false);
+}
+
+/// `seeded`: a request without a seed is a fresh sample every time, as with
+/// OpenAI (clients that split `n` into identical calls get distinct images);
+/// one with a seed asks for a reproducible image, which is cached and
+/// coalesced as before.
+#[actix_web::test]
+async fn with_cache_mode_seeded_only_requests_with_a_seed_are_cached_and_coalesced() {
+    let app = spawn_app_with_fake(slow(300), |s| s.cache.mode = CacheMode::Seeded).await;
+    let unseeded = json!({"prompt":"a sample each time"});
+    let seeded = json!({"prompt":"a sample each time", "seed": 42});
+
+    let parallel = join_all((0..3).map(|_| app.post_generation(unseeded.clone()))).await;
+    for res in &parallel {
         assert_eq!(res.headers()["x-cache"], "MISS");
     }
-    assert_eq!(app.fal.count(Op::Submit), 3);
+    assert_eq!(
+        app.fal.count(Op::Submit),
+        3,
+        "identical unseeded calls are not coalesced"
+    );
+    let again = app.post_generation(unseeded.clone()).await;
+    assert_eq!(again.headers()["x-cache"], "MISS");
+    assert_eq!(app.fal.count(Op::Submit), 4, "nor answered from the cache");
+
+    let statuses: Vec<String> = join_all((0..3).map(|_| app.post_generation(seeded.clone())))
+        .await
+        .iter()
+        .map(|r| r.headers()["x-cache"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "MISS").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "COALESCED").count(),
+        2,
+        "{statuses:?}"
+    );
+    let hit = app.post_generation(seeded).await;
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    assert_eq!(app.fal.count(Op::Submit), 5);
+
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["cache_mode"], "seeded");
+    assert_eq!(ready["cache"], true);
 }
 
 #[actix_web::test]

@@ -2,7 +2,7 @@
 //! requests and the exact OpenAI answers.
 
 use fake_fal::{FakeConfig, Fault, FaultAction, Op};
-use image_gateway::config::FalMode;
+use image_gateway::config::{CacheMode, FalMode};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -124,7 +124,7 @@ async fn every_openai_size_reaches_fal_as_its_aspect_ratio() {
             full_size_images: false,
             ..FakeConfig::default()
         },
-        |s| s.cache.enabled = false,
+        |s| s.cache.mode = CacheMode::Off,
     )
     .await;
     let table = [
