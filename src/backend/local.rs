@@ -1,7 +1,8 @@
 //! The offline backend: real images rendered in-process, so the gateway works
 //! end to end with no `FAL_KEY`. Each image is a deterministic function of
 //! (prompt, seed, image index), drawn at Imagen 4's true size for the aspect
-//! ratio and encoded as the requested PNG, JPEG or WebP.
+//! ratio and encoded as the requested PNG, JPEG or WebP, and labelled in
+//! its pixels as an offline preview ([`stamp`]).
 
 use std::io::Cursor;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use sha2::{Digest, Sha256};
 use super::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
 use crate::domain::{BackendKind, Job, OutputFormat};
 use crate::error::ApiError;
+
+mod stamp;
 
 pub struct LocalBackend {
     delay: Duration,
@@ -43,13 +46,21 @@ impl ImageBackend for LocalBackend {
             }
             let (width, height) = job.aspect_ratio.imagen_dimensions();
             let prompt = job.prompt.clone();
+            let model = job.model_id.clone();
             let seed = job.seed;
             let format = job.output_format;
             let count = job.num_images;
             let render = tokio::task::spawn_blocking(move || {
                 (0..count)
                     .map(|i| {
-                        let img = render(&prompt, seed, i, width, height);
+                        let mut img = render(&prompt, seed, i, width, height);
+                        let label = stamp::Label {
+                            model: &model,
+                            width,
+                            height,
+                            prompt: &prompt,
+                        };
+                        stamp::stamp(&mut img, &label);
                         encode(&img, format)
                     })
                     .collect::<Result<Vec<Bytes>, ApiError>>()

@@ -2,7 +2,7 @@
 //! requests and the exact OpenAI answers.
 
 use fake_fal::{FakeConfig, Fault, FaultAction, Op};
-use image_gateway::config::{CacheMode, FalMode};
+use image_gateway::config::{BackendChoice, CacheMode, FalMode};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -464,4 +464,49 @@ async fn with_the_status_stream_off_the_gateway_polls_until_completed() {
         "polled while queued and running"
     );
     assert_eq!(app.fal.count(Op::Result), 1);
+}
+
+/// Offline images are labelled in their pixels (the text itself is read
+/// back glyph by glyph in `backend::local::stamp`'s unit tests): a shaded
+/// banner with white text across the top, a shaded strip along the bottom.
+#[actix_web::test]
+async fn offline_images_carry_a_visible_label_top_and_bottom() {
+    let app = spawn_app_with(|s| s.backend = BackendChoice::Local).await;
+    let res = app
+        .post_generation(json!({"prompt":"a lighthouse at dusk","response_format":"b64_json"}))
+        .await;
+    assert_eq!(res.headers()["x-image-gateway-backend"], "local");
+    let body: serde_json::Value = res.json().await.unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["b64_json"].as_str().unwrap())
+        .unwrap();
+    let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let (w, h) = img.dimensions();
+    let rows = |ys: std::ops::Range<u32>| {
+        ys.flat_map(move |y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| img.get_pixel(x, y).0)
+            .collect::<Vec<_>>()
+    };
+    let shaded = |px: &[u8; 3]| px.iter().all(|&c| c <= 77);
+    let white = |px: &[u8; 3]| *px == [255, 255, 255];
+
+    for edge in [rows(0..8), rows(h - 8..h)] {
+        assert!(edge.iter().all(shaded), "the label's margin is shaded");
+    }
+    let top_text = rows(0..60).iter().filter(|p| white(p)).count();
+    let bottom_text = rows(h - 60..h).iter().filter(|p| white(p)).count();
+    assert!(
+        top_text > 1_000,
+        "{top_text} white pixels in the top banner"
+    );
+    assert!(
+        bottom_text > 500,
+        "{bottom_text} white pixels in the bottom strip"
+    );
+    let middle = rows(h / 2..h / 2 + 1);
+    assert!(
+        !middle.iter().all(shaded),
+        "the picture itself is not shaded"
+    );
 }
