@@ -16,6 +16,11 @@ import { fileURLToPath } from 'node:url';
 
 import OpenAI from 'openai';
 
+import { assertNodeMeetsOpenAI } from './engines.mjs';
+
+// Before anything runs: a Node the installed SDK does not support fails the suite.
+assertNodeMeetsOpenAI();
+
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 export const FAL_KEY = 'fal-sdk-test-key-node-71c3';
