@@ -77,6 +77,18 @@ impl Flight {
         });
     }
 
+    /// Answer `error` unless an answer was given already.
+    pub fn finish_if_unanswered(&self, error: ApiError) {
+        self.progress.send_if_modified(|p| {
+            let unanswered = p.result.is_none();
+            if unanswered {
+                p.source.get_or_insert(Source::Generate);
+                p.result = Some(Err(error));
+            }
+            unanswered
+        });
+    }
+
     fn is_finished(&self) -> bool {
         self.progress.borrow().result.is_some()
     }
@@ -108,7 +120,8 @@ impl Waiter {
         let mut rx = self.flight.progress.subscribe();
         let result = match rx.wait_for(|p| p.result.is_some()).await {
             Ok(p) => p.result.clone().unwrap_or(Err(ApiError::Internal)),
-            // The flight task ended without an answer: it panicked.
+            // Unreachable while this waiter holds the flight (and with it
+            // the sender); the flight task answers even when it panics.
             Err(_) => Err(ApiError::Internal),
         };
         self.done = true;

@@ -11,11 +11,13 @@
 //! there is one ([`fleet`]), else generates ([`GenerationService::produce`]),
 //! and stores what it got.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +35,32 @@ pub mod limiter;
 
 use flights::{Flight, FlightResult, Flights, Joined, Source, Waiter};
 use limiter::JobLimiter;
+
+/// Ends a flight's task: a flight that got no answer (its task panicked or
+/// was dropped) answers its waiters with a 500, and leaves the table.
+struct AnswerOnDrop {
+    flight: Arc<Flight>,
+    key: Option<CacheKey>,
+    service: Arc<GenerationService>,
+}
+
+impl Drop for AnswerOnDrop {
+    fn drop(&mut self) {
+        self.flight.finish_if_unanswered(ApiError::Internal);
+        if let Some(key) = self.key {
+            self.service.flights.remove(&key, &self.flight);
+        }
+    }
+}
+
+/// The text of a panic, for the log.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
 
 /// A generation ready now, or one to wait for.
 pub enum Pending {
@@ -161,11 +189,25 @@ impl GenerationService {
         let service = self.clone();
         self.tasks.spawn_on(
             async move {
-                let result = service.fly(&plan, &flight, keys).await;
+                // Whatever ends this task (an answer, a panic, the runtime
+                // dropping it), every waiter gets an answer and the flight
+                // leaves the table, so no later request joins a dead one.
+                let _answered = AnswerOnDrop {
+                    flight: flight.clone(),
+                    key: keys.shared,
+                    service: service.clone(),
+                };
+                let result = AssertUnwindSafe(service.fly(&plan, &flight, keys))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        tracing::error!(
+                            panic = panic_message(panic.as_ref()),
+                            "a generation task panicked: its clients get a 500"
+                        );
+                        Err(ApiError::Internal)
+                    });
                 flight.finish(result);
-                if let Some(key) = keys.shared {
-                    service.flights.remove(&key, &flight);
-                }
             },
             &self.runtime,
         );
@@ -405,5 +447,78 @@ impl GenerationService {
                 "upstream work still running after the shutdown grace period"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::validate::plan_json;
+
+    /// A backend whose every job panics.
+    struct Panics;
+
+    impl ImageBackend for Panics {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Local
+        }
+
+        fn generate<'a>(
+            &'a self,
+            _job: &'a Job,
+            _ctx: &'a JobContext,
+        ) -> futures_util::future::BoxFuture<'a, Result<JobOutput, ApiError>> {
+            Box::pin(async { panic!("a bug in the backend") })
+        }
+    }
+
+    fn service(backend: Arc<dyn ImageBackend>) -> Arc<GenerationService> {
+        let metrics = Arc::new(Metrics::new());
+        GenerationService::new(ServiceParts {
+            backend,
+            files: Arc::new(FileStore::new(1 << 20, Duration::from_secs(60))),
+            cache: Some(MemoryCache::new(
+                1 << 20,
+                Duration::from_secs(60),
+                metrics.clone(),
+            )),
+            shared_cache: None,
+            limiter: JobLimiter::new(4, 4, metrics.clone()),
+            metrics,
+            request_timeout: Duration::from_secs(30),
+            runtime: tokio::runtime::Handle::current(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    async fn wait(service: &Arc<GenerationService>) -> Result<Arc<Generation>, ApiError> {
+        let plan = plan_json(r#"{"prompt":"panic"}"#).unwrap();
+        let (pending, _) = service
+            .begin(&plan, None, CacheDirectives::default())
+            .await?;
+        match pending {
+            Pending::Ready(g) => Ok(g),
+            Pending::Waiting(w) => w.wait().await,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_a_generation_answers_every_waiter_with_a_500_at_once() {
+        let service = service(Arc::new(Panics));
+
+        let (leader, follower) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(wait(&service), wait(&service))
+        })
+        .await
+        .expect("the waiters are answered, not left hanging");
+
+        for result in [leader, follower] {
+            let e = result.expect_err("a panicked generation is an error");
+            assert!(matches!(e, ApiError::Internal), "{e:?}");
+        }
+        assert_eq!(service.in_flight(), 0, "the dead flight left the table");
+        // The next identical request starts afresh (and fails the same way).
+        let again = tokio::time::timeout(Duration::from_secs(5), wait(&service)).await;
+        assert!(matches!(again, Ok(Err(ApiError::Internal))));
     }
 }
