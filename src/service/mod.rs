@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 mod fleet;
 pub mod flights;
 pub mod limiter;
+mod measure;
 
 use flights::{Flight, FlightResult, Flights, Joined, Source, Waiter};
 use limiter::JobLimiter;
@@ -261,10 +262,12 @@ impl GenerationService {
 
         let mut images = Vec::with_capacity(usize::from(plan.n));
         let mut dims = None;
-        for output in outputs {
-            for image in output.images {
+        for (job, output) in jobs.iter().zip(outputs) {
+            // A backend answering more images than its job asked for gets
+            // the extra ones dropped.
+            for image in output.images.into_iter().take(usize::from(job.num_images)) {
                 if dims.is_none() {
-                    dims = image.width.zip(image.height);
+                    dims = measure::dimensions(&image);
                 }
                 images.push(self.deliver(image, plan).await?);
             }

@@ -16,3 +16,4 @@ mod redis;
 mod resilience;
 mod routes;
 mod ssrf;
+mod upstream_checks;

@@ -339,6 +339,8 @@ impl FalBackend {
         ctx: &JobContext,
     ) -> Result<Vec<super::GeneratedImage>, JobError> {
         let mut images = parse_output(body).map_err(JobError::Failed)?;
+        // Never more than were asked for (nor their downloads).
+        images.truncate(usize::from(job.num_images));
         if job.delivery == ResponseFormat::B64Json {
             for image in &mut images {
                 if let ImageContent::Url(url) = &image.content {
