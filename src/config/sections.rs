@@ -375,7 +375,8 @@ pub struct LocalSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
-    /// Upstream generations (fal jobs, or local renders) running at once.
+    /// Upstream generations (fal jobs, or local renders) running at once; a
+    /// request of more jobs than this runs them this many at a time.
     pub max_concurrent_jobs: usize,
     /// Generations waiting for a slot; past this the gateway answers 429 at once.
     pub max_queued_jobs: usize,

@@ -254,10 +254,14 @@ impl GenerationService {
             cancel: token.clone(),
             timeout_seconds: self.request_timeout.as_secs(),
         };
-        let _slots = self.limiter.acquire(jobs.len() as u32, &ctx).await?;
-        self.metrics.jobs_in_flight.add(jobs.len() as i64);
-        let outputs = self.run_jobs(&jobs, &ctx).await;
-        self.metrics.jobs_in_flight.sub(jobs.len() as i64);
+        // A plan of more jobs than the whole limit gets every slot and runs
+        // that many of its jobs at a time.
+        let slots = self.limiter.acquire(jobs.len() as u32, &ctx).await?;
+        let parallel = slots.num_permits().max(1);
+        self.metrics.jobs_in_flight.add(parallel as i64);
+        let outputs = self.run_jobs(&jobs, parallel, &ctx).await;
+        self.metrics.jobs_in_flight.sub(parallel as i64);
+        drop(slots);
         let outputs = outputs?;
 
         let mut images = Vec::with_capacity(usize::from(plan.n));
@@ -286,18 +290,32 @@ impl GenerationService {
         })
     }
 
-    /// All jobs in parallel; the first failure cancels the others (which
-    /// cancel their upstream jobs) and is the answer.
-    async fn run_jobs(&self, jobs: &[Job], ctx: &JobContext) -> Result<Vec<JobOutput>, ApiError> {
+    /// The jobs, `parallel` at a time (in order); the first failure
+    /// cancels the others (which cancel their upstream jobs) and is the
+    /// answer.
+    async fn run_jobs(
+        &self,
+        jobs: &[Job],
+        parallel: usize,
+        ctx: &JobContext,
+    ) -> Result<Vec<JobOutput>, ApiError> {
         let siblings = ctx.cancel.child_token();
         let job_ctx = JobContext {
             cancel: siblings.clone(),
             ..ctx.clone()
         };
+        let turns = tokio::sync::Semaphore::new(parallel);
         let results = futures_util::future::join_all(jobs.iter().map(|job| {
             let job_ctx = &job_ctx;
             let siblings = &siblings;
+            let turns = &turns;
             async move {
+                // Never closed, so only a cancellation can keep a job waiting.
+                let _turn = match job_ctx.race(turns.acquire()).await {
+                    Ok(Ok(turn)) => turn,
+                    Ok(Err(_)) => return Err(ApiError::Internal),
+                    Err(stop) => return Err(job_ctx.error(stop)),
+                };
                 let started = Instant::now();
                 let result = self.backend.generate(job, job_ctx).await;
                 self.record_job(job, &result, started.elapsed());

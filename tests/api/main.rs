@@ -8,6 +8,7 @@ mod cache;
 mod dashboards;
 mod generations;
 mod hostile;
+mod limits;
 mod metrics;
 mod openapi;
 mod process;
