@@ -67,7 +67,10 @@ label_enum!(
 );
 label_enum!(
     /// `image_gateway_l2_cache_waits_total{outcome}`.
-    L2Wait { Answered = "answered", Abandoned = "abandoned", Timeout = "timeout", Error = "error" }
+    L2Wait {
+        Answered = "answered", Failed = "failed", Abandoned = "abandoned", Timeout = "timeout",
+        Error = "error",
+    }
 );
 label_enum!(
     /// `image_gateway_redis_errors_total{operation}`.
@@ -245,7 +248,7 @@ families! {
         "Lookups in the shared Redis cache after a local miss, by result: hit, miss, or error (Redis down, slow, or an unreadable entry).",
         ["result"], zeros = L2Result;
     l2_waits: IntCounterVec = "image_gateway_l2_cache_waits_total",
-        "Waits for another replica's identical generation, by outcome: answered (its result arrived through Redis), abandoned (it finished without a result or its lock expired; this replica generated), timeout (cache.redis_wait_timeout_ms passed; this replica generated) or error (Redis failed; this replica generated).",
+        "Waits for another replica's identical generation, by outcome: answered (its result arrived through Redis), failed (its generation failed; the same error was answered here), abandoned (it finished without a result or its lock expired; this replica generated), timeout (cache.redis_wait_timeout_ms passed; this replica generated) or error (Redis failed; this replica generated).",
         ["outcome"], zeros = L2Wait;
     redis_errors: IntCounterVec = "image_gateway_redis_errors_total",
         "Failed or timed-out Redis calls, by operation (get, set, lock, unlock, refresh, poll, ping, decode).",

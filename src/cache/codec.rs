@@ -12,9 +12,11 @@ use base64::Engine;
 use bytes::Bytes;
 
 use crate::domain::{BackendKind, Generation, Image, OutputFormat, ResponseFormat};
+use crate::error::ApiError;
 use crate::files::FileStore;
 
 const MAGIC: &[u8; 4] = b"IGW1";
+const FAILURE_MAGIC: &[u8; 4] = b"IGWF";
 
 pub fn now_unix_ms() -> u64 {
     SystemTime::now()
@@ -178,6 +180,58 @@ pub fn decode(bytes: &[u8], now_ms: u64) -> Option<Entry> {
     })
 }
 
+/// A failed generation as the waiting replicas receive it: `IGWF`, a kind
+/// byte, a u64 (retry-after seconds), then the message. Only failures of the
+/// generation itself travel; one replica's own condition (a client gone,
+/// shutdown, overload, a bug) does not, and the waiters take over instead.
+pub fn encode_failure(e: &ApiError) -> Option<Vec<u8>> {
+    let (kind, retry, message): (u8, u64, &str) = match e {
+        ApiError::ContentPolicy { message } => (0, 0, message),
+        ApiError::Upstream { message } => (1, 0, message),
+        ApiError::UpstreamTimeout { message } => (2, 0, message),
+        ApiError::UpstreamAuth => (3, 0, ""),
+        ApiError::UpstreamRateLimited {
+            retry_after_seconds,
+        } => (4, *retry_after_seconds, ""),
+        ApiError::UpstreamUnavailable {
+            message,
+            retry_after_seconds,
+        } => (5, *retry_after_seconds, message),
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(13 + message.len());
+    out.extend_from_slice(FAILURE_MAGIC);
+    out.push(kind);
+    out.extend_from_slice(&retry.to_le_bytes());
+    out.extend_from_slice(message.as_bytes());
+    Some(out)
+}
+
+/// The inverse of [`encode_failure`]; `None` for anything else.
+pub fn decode_failure(bytes: &[u8]) -> Option<ApiError> {
+    let mut r = Reader { bytes, at: 0 };
+    if r.take(4)? != FAILURE_MAGIC {
+        return None;
+    }
+    let kind = r.byte()?;
+    let retry_after_seconds = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+    let message = String::from_utf8(bytes[r.at..].to_vec()).ok()?;
+    Some(match kind {
+        0 => ApiError::ContentPolicy { message },
+        1 => ApiError::Upstream { message },
+        2 => ApiError::UpstreamTimeout { message },
+        3 => ApiError::UpstreamAuth,
+        4 => ApiError::UpstreamRateLimited {
+            retry_after_seconds,
+        },
+        5 => ApiError::UpstreamUnavailable {
+            message,
+            retry_after_seconds,
+        },
+        _ => return None,
+    })
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -201,6 +255,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::ResponseError;
 
     fn generation(format: ResponseFormat, images: Vec<Image>) -> Generation {
         Generation {
@@ -280,6 +335,46 @@ mod tests {
     async fn an_answer_linking_to_a_file_already_gone_is_not_shared() {
         let g = generation(ResponseFormat::Url, vec![Image::File("0123.png".into())]);
         assert!(encode(&g, &files(), 0).await.is_none());
+    }
+
+    #[test]
+    fn failures_of_the_generation_travel_and_local_conditions_do_not() {
+        let shared = [
+            ApiError::ContentPolicy {
+                message: "flagged".into(),
+            },
+            ApiError::Upstream {
+                message: "fal failed".into(),
+            },
+            ApiError::UpstreamTimeout {
+                message: "too slow".into(),
+            },
+            ApiError::UpstreamAuth,
+            ApiError::UpstreamRateLimited {
+                retry_after_seconds: 7,
+            },
+            ApiError::UpstreamUnavailable {
+                message: "no runner".into(),
+                retry_after_seconds: 3,
+            },
+        ];
+        for e in shared {
+            let back = decode_failure(&encode_failure(&e).unwrap()).unwrap();
+            assert_eq!(back.body_json(), e.body_json());
+            assert_eq!(back.status_code(), e.status_code());
+        }
+        for e in [
+            ApiError::ShuttingDown,
+            ApiError::ClientClosedRequest,
+            ApiError::Overloaded {
+                retry_after_seconds: 1,
+            },
+            ApiError::Internal,
+        ] {
+            assert!(encode_failure(&e).is_none(), "{e:?}");
+        }
+        assert!(decode_failure(b"IGW1....").is_none());
+        assert!(decode_failure(b"IGWF").is_none());
     }
 
     #[test]

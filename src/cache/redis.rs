@@ -14,6 +14,10 @@
 //! - `<prefix><backend>:lock:<hex key>`: the generation lock, `SET NX PX`
 //!   with a random token, refreshed while the owner works and deleted (only
 //!   by its owner) once the entry is written or the generation failed.
+//! - `<prefix><backend>:failed:<hex key>`: a failed generation's error,
+//!   written just before the lock is released and read only by replicas
+//!   waiting on that lock, so they answer the same error instead of each
+//!   running the generation again (a few seconds of life).
 //!
 //! Other replicas poll the entry with backoff (25 ms doubling to 200 ms)
 //! rather than subscribe: polling needs no RESP3 or second connection, works
@@ -32,10 +36,11 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{decode, encode, now_unix_ms};
+use super::codec::{decode, decode_failure, encode, encode_failure, now_unix_ms};
 use super::key::CacheKey;
 use crate::config::CacheSettings;
 use crate::domain::{BackendKind, Generation};
+use crate::error::ApiError;
 use crate::files::FileStore;
 use crate::metrics::{L2Result, L2Wait, Metrics, RedisOp};
 
@@ -48,6 +53,10 @@ const POLL_MAX: Duration = Duration::from_millis(200);
 const PAYLOAD_TIMEOUT_FACTOR: u32 = 4;
 /// An entry with less life left than this is not worth writing.
 const MIN_ENTRY_LIFE: Duration = Duration::from_secs(1);
+/// Life of a failure left for waiting replicas: they poll at least every
+/// [`POLL_MAX`], so they read it long before it goes; new requests never
+/// read it (errors are not cached).
+const FAILURE_LIFE: Duration = Duration::from_secs(5);
 
 const REFRESH_IF_OWNER: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
 const DELETE_IF_OWNER: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
@@ -71,6 +80,8 @@ pub struct LockGuard {
 /// The outcome of waiting for another replica's generation.
 pub enum Wait {
     Ready(Generation),
+    /// The owner's generation failed: the same error for these clients.
+    Failed(ApiError),
     /// The owner is gone without an answer: try to take over.
     Free,
     TimedOut,
@@ -158,6 +169,10 @@ impl RedisCache {
 
     fn entry_key(&self, key: &CacheKey) -> String {
         format!("{}entry:{}", self.namespace, key.hex())
+    }
+
+    fn failure_key(&self, key: &CacheKey) -> String {
+        format!("{}failed:{}", self.namespace, key.hex())
     }
 
     fn lock_key(&self, key: &CacheKey) -> String {
@@ -366,6 +381,28 @@ impl RedisCache {
             .await;
     }
 
+    /// Leave a failed generation's error for the replicas waiting on `key`
+    /// (call before releasing the lock). Errors that are this replica's own
+    /// condition are not shared: the waiters take over instead.
+    pub async fn share_failure(&self, key: &CacheKey, error: &ApiError) {
+        let Some(value) = encode_failure(error) else {
+            return;
+        };
+        let k = self.failure_key(key);
+        let ms = FAILURE_LIFE.as_millis() as u64;
+        let _ = self
+            .call(RedisOp::Set, self.timeout, |mut c| async move {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+    }
+
     /// Take the generation lock on `key`.
     pub async fn try_lock(&self, key: &CacheKey) -> Lock {
         let guard = LockGuard {
@@ -449,6 +486,7 @@ impl RedisCache {
         let outcome = self.poll_until(key, until, cancel, files).await;
         let counted = match &outcome {
             Wait::Ready(_) => Some(L2Wait::Answered),
+            Wait::Failed(_) => Some(L2Wait::Failed),
             Wait::Free => Some(L2Wait::Abandoned),
             Wait::TimedOut => Some(L2Wait::Timeout),
             Wait::Unavailable => Some(L2Wait::Error),
@@ -481,9 +519,14 @@ impl RedisCache {
                 return Wait::TimedOut;
             }
             delay = (delay * 2).min(POLL_MAX);
-            let (ek, lk) = (self.entry_key(key), self.lock_key(key));
-            // Atomic, so an owner that writes its entry and unlocks between
-            // the two reads cannot look like one that left without an answer.
+            let (ek, lk, fk) = (
+                self.entry_key(key),
+                self.lock_key(key),
+                self.failure_key(key),
+            );
+            // Atomic, so an owner that writes its entry (or its failure)
+            // and unlocks between the reads cannot look like one that left
+            // without an answer.
             let polled = self
                 .call(RedisOp::Poll, self.payload_timeout(), |mut c| async move {
                     redis::pipe()
@@ -492,19 +535,27 @@ impl RedisCache {
                         .arg(ek)
                         .cmd("EXISTS")
                         .arg(lk)
-                        .query_async::<(Option<Vec<u8>>, bool)>(&mut c)
+                        .cmd("GET")
+                        .arg(fk)
+                        .query_async::<(Option<Vec<u8>>, bool, Option<Vec<u8>>)>(&mut c)
                         .await
                 })
                 .await;
             match polled {
-                Ok((Some(bytes), _)) => {
+                Ok((Some(bytes), _, _)) => {
                     return match self.materialize(&bytes, files).await {
                         Ok(g) => Wait::Ready(g),
                         Err(_) => Wait::Unavailable,
                     };
                 }
-                Ok((None, true)) => {}
-                Ok((None, false)) => return Wait::Free,
+                Ok((None, true, _)) => {}
+                Ok((None, false, Some(failure))) => {
+                    return match decode_failure(&failure) {
+                        Some(e) => Wait::Failed(e),
+                        None => Wait::Free,
+                    };
+                }
+                Ok((None, false, None)) => return Wait::Free,
                 Err(_) => return Wait::Unavailable,
             }
         }

@@ -68,14 +68,21 @@ pub async fn create(
         };
         generation_headers(&mut head, &plan, status, backend, ready);
         let client_gone = disconnect::closed(&req);
-        stream::respond(head, plan, pending, state.stream_keepalive, client_gone)
+        let answer: stream::Answer = match pending {
+            Pending::Ready(g) => Box::pin(futures_util::future::ready(Ok(g))),
+            Pending::Waiting(w) => {
+                let service = state.service.clone();
+                Box::pin(async move { service.settle(w, status).await.0 })
+            }
+        };
+        stream::respond(head, plan, answer, state.stream_keepalive, client_gone)
     } else {
-        let generation = match pending {
-            Pending::Ready(generation) => generation,
+        let (generation, status) = match pending {
+            Pending::Ready(generation) => (generation, status),
             // Only a request that waits watches its client's socket (a dup,
             // two epoll calls and a close): a cache hit is answered at once.
             Pending::Waiting(waiter) => tokio::select! {
-                generation = waiter.wait() => generation?,
+                (generation, status) = state.service.settle(waiter, status) => (generation?, status),
                 () = disconnect::closed(&req) => return Err(ApiError::ClientClosedRequest),
             },
         };

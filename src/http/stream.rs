@@ -16,26 +16,22 @@ use futures_util::future::Fuse;
 
 use crate::domain::GenerationPlan;
 use crate::openai::events;
-use crate::service::Pending;
 use crate::service::flights::FlightResult;
 
-type Answer = Pin<Box<dyn Future<Output = FlightResult> + Send>>;
+/// The generation a stream waits for.
+pub type Answer = Pin<Box<dyn Future<Output = FlightResult> + Send>>;
 
 /// The streamed answer: `res` carries the generation headers already.
 pub fn respond(
     mut res: HttpResponseBuilder,
     plan: GenerationPlan,
-    pending: Pending,
+    answer: Answer,
     keepalive: Duration,
     client_gone: impl Future<Output = ()> + Send + 'static,
 ) -> HttpResponse {
     res.insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"));
-    let answer: Answer = match pending {
-        Pending::Ready(g) => Box::pin(futures_util::future::ready(Ok(g))),
-        Pending::Waiting(w) => Box::pin(w.wait()),
-    };
     let body = EventStream {
         answer: Some(answer.fuse()),
         queue: VecDeque::from([Bytes::from_static(events::KEEP_ALIVE)]),

@@ -45,8 +45,12 @@ pub(super) async fn fill(
         },
         None => produced.await,
     };
-    if let (Ok(generation), true) = (&result, store) {
-        l2.store(&key, generation, files).await;
+    match (&result, &lock) {
+        (Ok(generation), _) if store => l2.store(&key, generation, files).await,
+        // Replicas waiting on this lock answer the same error rather than
+        // each running the generation again.
+        (Err(e), Some(_)) => l2.share_failure(&key, e).await,
+        _ => {}
     }
     if let Some(guard) = lock {
         l2.release(guard).await;
@@ -87,6 +91,7 @@ async fn take_lock_or_wait(
                 flight.set_source(Source::Remote);
                 match l2.wait_for(&key, wait_until, &flight.token, files).await {
                     Wait::Ready(g) => return Ok(Taken::Answer(g)),
+                    Wait::Failed(e) => return Err(e),
                     // The owner left without an answer: take over.
                     Wait::Free => continue,
                     Wait::Cancelled if service.is_stopping() => return Err(ApiError::ShuttingDown),

@@ -37,7 +37,11 @@ pub enum Source {
 
 #[derive(Default)]
 struct Progress {
+    /// The first word on where the answer comes from (what early headers say).
     source: Option<Source>,
+    /// The last word: a replica waiting for another (`Remote`) may end up
+    /// generating after all (`Generate`).
+    latest: Option<Source>,
     result: Option<FlightResult>,
 }
 
@@ -58,9 +62,11 @@ impl Flight {
         })
     }
 
-    /// Say where the answer will come from; the first word stands.
+    /// Say where the answer will come from. The first word stands for
+    /// [`Waiter::source`]; the last is reported with the answer.
     pub fn set_source(&self, source: Source) {
         self.progress.send_if_modified(|p| {
+            p.latest = Some(source);
             let unset = p.source.is_none();
             if unset {
                 p.source = Some(source);
@@ -73,6 +79,7 @@ impl Flight {
     pub fn finish(&self, result: FlightResult) {
         self.progress.send_modify(|p| {
             p.source.get_or_insert(Source::Generate);
+            p.latest.get_or_insert(Source::Generate);
             p.result = Some(result);
         });
     }
@@ -83,6 +90,7 @@ impl Flight {
             let unanswered = p.result.is_none();
             if unanswered {
                 p.source.get_or_insert(Source::Generate);
+                p.latest.get_or_insert(Source::Generate);
                 p.result = Some(Err(error));
             }
             unanswered
@@ -101,6 +109,9 @@ pub struct Waiter {
     key: Option<CacheKey>,
     flights: Arc<Flights>,
     done: bool,
+    /// Its cache status is not known yet: it leads a flight waiting for
+    /// another replica, which may end up generating here after all.
+    pub(crate) provisional: bool,
 }
 
 impl Waiter {
@@ -116,16 +127,24 @@ impl Waiter {
     }
 
     /// Wait for the flight's answer.
-    pub async fn wait(mut self) -> FlightResult {
+    pub async fn wait(self) -> FlightResult {
+        self.wait_with_source().await.0
+    }
+
+    /// Wait for the flight's answer, and where it finally came from.
+    pub async fn wait_with_source(mut self) -> (FlightResult, Source) {
         let mut rx = self.flight.progress.subscribe();
-        let result = match rx.wait_for(|p| p.result.is_some()).await {
-            Ok(p) => p.result.clone().unwrap_or(Err(ApiError::Internal)),
+        let answer = match rx.wait_for(|p| p.result.is_some()).await {
+            Ok(p) => (
+                p.result.clone().unwrap_or(Err(ApiError::Internal)),
+                p.latest.unwrap_or(Source::Generate),
+            ),
             // Unreachable while this waiter holds the flight (and with it
             // the sender); the flight task answers even when it panics.
-            Err(_) => Err(ApiError::Internal),
+            Err(_) => (Err(ApiError::Internal), Source::Generate),
         };
         self.done = true;
-        result
+        answer
     }
 }
 
@@ -186,6 +205,7 @@ impl Flights {
                 key,
                 flights: self.clone(),
                 done: false,
+                provisional: false,
             }
         };
         let Some(k) = key else {

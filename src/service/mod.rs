@@ -162,7 +162,7 @@ impl GenerationService {
             .join_or_start(keys.shared, || Flight::new(self.stopping.child_token()));
         let (waiter, status) = match joined {
             Joined::Follower(w) => (w, CacheStatus::Coalesced),
-            Joined::Leader(w) => {
+            Joined::Leader(mut w) => {
                 self.spawn_flight(plan.clone(), flight, keys);
                 // Only with a shared cache can the answer come from elsewhere.
                 let source = if self.shared_cache.is_some() && keys.shared.is_some() {
@@ -176,7 +176,12 @@ impl GenerationService {
                         self.metrics.count_lookup(CacheStatus::SharedHit.result());
                         return Ok((Pending::Ready(generation), CacheStatus::SharedHit));
                     }
-                    Source::Remote => (w, CacheStatus::Coalesced),
+                    Source::Remote => {
+                        // Counted once settled: if the other replica's
+                        // answer never comes, this one generates (a miss).
+                        w.provisional = true;
+                        return Ok((Pending::Waiting(w), CacheStatus::Coalesced));
+                    }
                     Source::Generate if keys.shared.is_some() => (w, CacheStatus::Miss),
                     Source::Generate => (w, CacheStatus::Bypass),
                 }
@@ -184,6 +189,27 @@ impl GenerationService {
         };
         self.metrics.count_lookup(status.result());
         Ok((Pending::Waiting(waiter), status))
+    }
+
+    /// Wait for a pending answer; `status` is what [`Self::begin`] said,
+    /// returned corrected when the answer came from elsewhere than it said
+    /// (a replica that waited for another, then generated itself after
+    /// Redis failed mid-wait, answers a miss, not a coalesced request).
+    pub async fn settle(
+        &self,
+        waiter: Waiter,
+        status: CacheStatus,
+    ) -> (Result<Arc<Generation>, ApiError>, CacheStatus) {
+        if !waiter.provisional {
+            return (waiter.wait().await, status);
+        }
+        let (result, source) = waiter.wait_with_source().await;
+        let status = match source {
+            Source::Generate => CacheStatus::Miss,
+            Source::Remote | Source::Shared => CacheStatus::Coalesced,
+        };
+        self.metrics.count_lookup(status.result());
+        (result, status)
     }
 
     fn spawn_flight(self: &Arc<Self>, plan: GenerationPlan, flight: Arc<Flight>, keys: FlightKeys) {

@@ -545,7 +545,8 @@ async fn a_crashed_owners_lock_holds_others_back_only_until_it_expires() {
     let res = request.await;
 
     assert_eq!(res.status(), 200);
-    assert_eq!(header(&res, "x-cache").as_deref(), Some("COALESCED"));
+    // It waited, then generated the image itself: a miss.
+    assert_eq!(header(&res, "x-cache").as_deref(), Some("MISS"));
     assert_eq!(fal.count(Op::Submit), 1);
     let m = a.metrics().await;
     assert_eq!(
@@ -631,4 +632,93 @@ async fn readiness_reports_redis_but_never_fails_because_of_it() {
     let res = app.post_generation(json!({"prompt":"no redis"})).await;
     assert_eq!(header(&res, "x-cache-level").as_deref(), Some("l1"));
     assert_eq!(app.fal.count(Op::Submit), 1);
+}
+
+#[actix_web::test]
+async fn a_failed_generation_is_answered_to_waiting_replicas_not_run_again() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let fal = slow_fal(800);
+    let a = spawn_replica(&fal, shared(&redis)).await;
+    let b = spawn_replica(&fal, shared(&redis)).await;
+    // The one job's result is a content-policy rejection.
+    fal.inject(fake_fal::Fault {
+        op: Op::Result,
+        times: 1,
+        action: fake_fal::FaultAction::Respond {
+            status: 422,
+            headers: vec![("x-fal-request-id".into(), "x".into())],
+            body: json!({"detail":[{"loc":["body","prompt"],"msg":"flagged by the safety checker","type":"content_policy_violation"}]}).to_string(),
+        },
+    });
+    let body = json!({"prompt":"refused everywhere"});
+
+    let first = a.post_generation(body.clone());
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.post_generation(body.clone()).await
+    };
+    let (first, second) = tokio::join!(first, second);
+
+    for res in [first, second] {
+        let err = expect_error(res, 400).await;
+        assert_eq!(err["code"], "content_policy_violation");
+    }
+    assert_eq!(fal.count(Op::Submit), 1, "the generation ran once");
+    assert_eq!(
+        series(
+            &b.metrics().await,
+            "image_gateway_l2_cache_waits_total",
+            &[("outcome", "failed")]
+        ),
+        Some(1.0)
+    );
+    // Errors are not cached: the next request generates again.
+    let res = b.post_generation(body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(fal.count(Op::Submit), 2);
+}
+
+#[actix_web::test]
+async fn a_replica_that_generates_after_redis_fails_mid_wait_answers_miss() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let fal = slow_fal(1_500);
+    let a = spawn_replica(&fal, shared(&redis)).await;
+    let b = spawn_replica(&fal, shared(&redis)).await;
+    let body = json!({"prompt":"redis goes away mid-wait"});
+
+    let first = a.post_generation(body.clone());
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let res = b.post_generation(body.clone());
+        let outage = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            redis.kill();
+        };
+        tokio::join!(res, outage).0
+    };
+    let (first, second) = tokio::join!(first, second);
+
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-cache").as_deref(), Some("MISS"));
+    assert_eq!(second.status(), 200);
+    assert_eq!(fal.count(Op::Submit), 2, "b generated itself");
+    assert_eq!(
+        header(&second, "x-cache").as_deref(),
+        Some("MISS"),
+        "b generated the image: not a coalesced answer"
+    );
+    let m = b.metrics().await;
+    let lookups = |result| {
+        series(
+            &m,
+            "image_gateway_cache_lookups_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(lookups("miss"), Some(1.0));
+    assert_eq!(lookups("coalesced"), Some(0.0));
 }
