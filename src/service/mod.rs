@@ -47,10 +47,10 @@ struct AnswerOnDrop {
 
 impl Drop for AnswerOnDrop {
     fn drop(&mut self) {
-        self.flight.finish_if_unanswered(ApiError::Internal);
         if let Some(key) = self.key {
             self.service.flights.remove(&key, &self.flight);
         }
+        self.flight.finish_if_unanswered(ApiError::Internal);
     }
 }
 
@@ -234,6 +234,11 @@ impl GenerationService {
                         );
                         Err(ApiError::Internal)
                     });
+                // Out of the table before the waiters wake: a request they
+                // prompt starts afresh.
+                if let Some(key) = keys.shared {
+                    service.flights.remove(&key, &flight);
+                }
                 flight.finish(result);
             },
             &self.runtime,
