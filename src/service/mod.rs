@@ -535,6 +535,7 @@ mod tests {
                 metrics.clone(),
             )),
             shared_cache: None,
+            cache_seeded_only: false,
             limiter: JobLimiter::new(4, 4, metrics.clone()),
             metrics,
             request_timeout: Duration::from_secs(30),
