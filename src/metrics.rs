@@ -4,9 +4,9 @@
 //! that exist from the start all come from that one table.
 //!
 //! Names follow `image_gateway_<name>_<unit>[_total]`; every label is a
-//! bounded set (route pattern, operation, outcome, configured model id, or
-//! one of the label enums below), never a prompt, a key, a raw path or a
-//! request id.
+//! bounded set (route pattern, operation, outcome, configured model id,
+//! configured endpoint id, or one of the label enums below), never a
+//! prompt, a key, a raw path or a request id.
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -82,6 +82,15 @@ label_enum!(
 label_enum!(
     /// `image_gateway_rate_limited_total{limit}`.
     RateLimit { Requests = "requests", Images = "images" }
+);
+label_enum!(
+    /// `image_gateway_fallbacks_total{reason}`: why an endpoint of a
+    /// model's chain did not serve (the first four moved the request on to
+    /// the next endpoint; `marked_gone` and `sunset` skipped it unasked).
+    FallbackReason {
+        Gone = "gone", Failing = "failing", Capacity = "capacity",
+        StartTimeout = "start_timeout", MarkedGone = "marked_gone", Sunset = "sunset",
+    }
 );
 label_enum!(
     /// `image_gateway_upstream_cancellations_total{reason}`.
@@ -216,8 +225,14 @@ families! {
         "Paid calls (submit, run) sent to fal that got no answer (a timeout or a reset after the request went out): fal may run and bill the job; they are never repeated.",
         ["operation"], zeros = PaidCall;
     jobs: IntCounterVec = "image_gateway_upstream_jobs_total",
-        "Upstream generation jobs finished, by model and outcome.",
-        ["model", "outcome"];
+        "Upstream generation jobs finished, by model, the endpoint that ran them and outcome.",
+        ["model", "endpoint", "outcome"];
+    generations: IntCounterVec = "image_gateway_generations_total",
+        "Generation answers with images (cache hits included), by model id and the upstream endpoint that produced the images.",
+        ["model", "endpoint"];
+    fallbacks: IntCounterVec = "image_gateway_fallbacks_total",
+        "Endpoints of a model's chain that did not serve a request, by model, endpoint and reason: gone (404/410 at submit), failing (5xx or unreachable after retries), capacity (429 after retries), start_timeout (the job did not start in time), marked_gone (skipped: it answered gone within models.gone_skip_seconds), sunset (skipped: past its sunset date).",
+        ["model", "endpoint", "reason"];
     job_duration: HistogramVec = "image_gateway_upstream_job_duration_seconds",
         "Upstream job time by model and phase (queued, running, total).",
         ["model", "phase"], buckets = JOB_DURATION_BUCKETS;
@@ -298,8 +313,10 @@ impl Metrics {
         names
     }
 
-    pub fn observe_job(&self, model: &str, outcome: &str) {
-        self.jobs.with_label_values(&[model, outcome]).inc();
+    pub fn observe_job(&self, model: &str, endpoint: &str, outcome: &str) {
+        self.jobs
+            .with_label_values(&[model, endpoint, outcome])
+            .inc();
     }
 
     pub fn count_lookup(&self, result: CacheResult) {

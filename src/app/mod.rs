@@ -11,7 +11,7 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::domain::BackendKind;
+use crate::domain::{BackendKind, Date};
 use crate::http::AppState;
 use crate::http::middleware::{edge, require_key};
 use crate::http::{routes, unsupported};
@@ -264,4 +264,34 @@ fn log_start(settings: &Settings, kind: BackendKind, state: &AppState) {
         version = env!("CARGO_PKG_VERSION"),
         "image-gateway starting"
     );
+    warn_lifecycle(state, Date::today());
+}
+
+/// A warning per model past its `deprecated` date (its answers carry
+/// `Deprecation`) and per endpoint past its `sunset` (skipped).
+fn warn_lifecycle(state: &AppState, today: Date) {
+    for model in state.catalog.models() {
+        let lifecycle = model.announced_lifecycle();
+        if let Some(deprecated) = lifecycle
+            .deprecated
+            .filter(|_| lifecycle.is_deprecated(today))
+        {
+            tracing::warn!(
+                model = model.id.as_str(),
+                deprecated = %deprecated,
+                sunset = lifecycle.sunset.map(|d| d.to_string()).unwrap_or_default(),
+                endpoints = model.chain.len(),
+                "model is deprecated (its answers carry Deprecation); plan its successor, see docs/models.md"
+            );
+        }
+        for profile in &model.chain {
+            if profile.lifecycle.is_sunset(today) {
+                tracing::warn!(
+                    model = model.id.as_str(),
+                    endpoint = profile.endpoint.full(),
+                    "endpoint is past its sunset date and is skipped in its chain"
+                );
+            }
+        }
+    }
 }

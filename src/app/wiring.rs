@@ -105,6 +105,8 @@ pub fn service(
         metrics: metrics.clone(),
         request_timeout: Duration::from_secs(settings.server.request_timeout_seconds),
         cache_seeded_only: settings.cache.mode == CacheMode::Seeded,
+        gone_skip: Duration::from_secs(settings.models.gone_skip_seconds),
+        start_timeout: Duration::from_secs(settings.models.start_timeout_seconds),
         runtime: runtime.clone(),
         tasks: tasks.clone(),
     });

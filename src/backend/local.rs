@@ -1,7 +1,8 @@
 //! The offline backend: real images rendered in-process, so the gateway works
 //! end to end with no `FAL_KEY`. Each image is a deterministic function of
-//! (prompt, seed, image index), drawn at Imagen 4's true size for the aspect
-//! ratio and encoded as the requested PNG, JPEG or WebP, and labelled in
+//! (prompt, seed, image index), drawn at the size the job's endpoint would
+//! deliver (its profile: Imagen 4's 1408x768 for 16:9, FLUX's exact size,
+//! ...), encoded in the format that endpoint would deliver, and labelled in
 //! its pixels as an offline preview ([`stamp`]).
 
 use std::io::Cursor;
@@ -14,6 +15,7 @@ use image::{ExtendedColorType, ImageEncoder, RgbImage};
 use sha2::{Digest, Sha256};
 
 use super::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
+use crate::domain::profile::SeedSupport;
 use crate::domain::{BackendKind, Job, OutputFormat};
 use crate::error::ApiError;
 
@@ -44,11 +46,12 @@ impl ImageBackend for LocalBackend {
             if !self.delay.is_zero() {
                 ctx.sleep(self.delay).await.map_err(|s| ctx.error(s))?;
             }
-            let (width, height) = job.aspect_ratio.imagen_dimensions();
+            // The size and format the job's endpoint would deliver (its profile).
+            let (width, height) = job.expected_size;
             let prompt = job.prompt.clone();
             let model = job.model_id.clone();
             let seed = job.seed;
-            let format = job.output_format;
+            let format = job.delivered_format;
             let count = job.num_images;
             let render = tokio::task::spawn_blocking(move || {
                 (0..count)
@@ -77,10 +80,15 @@ impl ImageBackend for LocalBackend {
                         content: ImageContent::Raw(bytes),
                         width: Some(width),
                         height: Some(height),
+                        format: Some(format),
                     })
                     .collect(),
                 queued: Some(Duration::ZERO),
                 running: Some(started.elapsed()),
+                // What an endpoint that reports its seed would say.
+                seed: (job.profile.input.seed == SeedSupport::InputOutput)
+                    .then_some(job.seed.map(u64::from))
+                    .flatten(),
             })
         }
         .boxed()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::domain::{BackendKind, Job};
+use crate::domain::{BackendKind, Job, OutputFormat};
 use crate::error::ApiError;
 
 pub mod context;
@@ -35,6 +35,8 @@ pub struct GeneratedImage {
     /// Pixel size, when the backend reported it.
     pub width: Option<u32>,
     pub height: Option<u32>,
+    /// The encoded format, when the backend said (fal's `content_type`).
+    pub format: Option<OutputFormat>,
 }
 
 /// What one job produced, with where its time went.
@@ -45,6 +47,8 @@ pub struct JobOutput {
     pub queued: Option<Duration>,
     /// Time spent running, when known.
     pub running: Option<Duration>,
+    /// The seed the upstream reports having used, where it does.
+    pub seed: Option<u64>,
 }
 
 pub trait ImageBackend: Send + Sync + 'static {

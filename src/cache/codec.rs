@@ -15,7 +15,7 @@ use crate::domain::{BackendKind, Generation, Image, OutputFormat, ResponseFormat
 use crate::error::ApiError;
 use crate::files::FileStore;
 
-const MAGIC: &[u8; 4] = b"IGW1";
+const MAGIC: &[u8; 4] = b"IGW2";
 const FAILURE_MAGIC: &[u8; 4] = b"IGWF";
 
 pub fn now_unix_ms() -> u64 {
@@ -45,6 +45,8 @@ pub struct Entry {
     output_format: OutputFormat,
     response_format: ResponseFormat,
     backend: BackendKind,
+    endpoint: String,
+    seed: Option<u64>,
     images: Vec<(Stored, Bytes)>,
 }
 
@@ -69,14 +71,18 @@ impl Entry {
             response_format: self.response_format,
             images,
             backend: self.backend,
+            endpoint: self.endpoint.into(),
+            seed: self.seed,
         }
     }
 }
 
-/// The entry frame: magic `IGW1`, created (i64), produced-at unix ms (u64),
+/// The entry frame: magic `IGW2`, created (i64), produced-at unix ms (u64),
 /// output format, response format and backend (one byte each), size (u16
-/// length + text), image count (u16), then per image a kind byte, a u32
-/// length and the bytes. Little-endian. `None` when the generation cannot be
+/// length + text), the endpoint that produced it (u16 length + text), the
+/// seed it reported (a presence byte, then a u64), image count
+/// (u16), then per image a kind byte, a u32 length and the bytes.
+/// Little-endian. `None` when the generation cannot be
 /// shared (a linked file already gone from the store).
 pub async fn encode(g: &Generation, files: &FileStore, now_ms: u64) -> Option<Vec<u8>> {
     let mut images: Vec<(Stored, Bytes)> = Vec::with_capacity(g.images.len());
@@ -121,6 +127,15 @@ fn frame(g: &Generation, produced_ms: u64, images: &[(Stored, Bytes)]) -> Option
     });
     out.extend_from_slice(&u16::try_from(g.size.len()).ok()?.to_le_bytes());
     out.extend_from_slice(g.size.as_bytes());
+    out.extend_from_slice(&u16::try_from(g.endpoint.len()).ok()?.to_le_bytes());
+    out.extend_from_slice(g.endpoint.as_bytes());
+    match g.seed {
+        Some(seed) => {
+            out.push(1);
+            out.extend_from_slice(&seed.to_le_bytes());
+        }
+        None => out.push(0),
+    }
     out.extend_from_slice(&u16::try_from(images.len()).ok()?.to_le_bytes());
     for (kind, bytes) in images {
         out.push(*kind as u8);
@@ -154,6 +169,13 @@ pub fn decode(bytes: &[u8], now_ms: u64) -> Option<Entry> {
     };
     let size_len = usize::from(r.u16()?);
     let size = String::from_utf8(r.take(size_len)?.to_vec()).ok()?;
+    let endpoint_len = usize::from(r.u16()?);
+    let endpoint = String::from_utf8(r.take(endpoint_len)?.to_vec()).ok()?;
+    let seed = match r.byte()? {
+        0 => None,
+        1 => Some(u64::from_le_bytes(r.take(8)?.try_into().ok()?)),
+        _ => return None,
+    };
     let count = usize::from(r.u16()?);
     let mut images = Vec::with_capacity(count.min(16));
     for _ in 0..count {
@@ -176,6 +198,8 @@ pub fn decode(bytes: &[u8], now_ms: u64) -> Option<Entry> {
         output_format,
         response_format,
         backend,
+        endpoint,
+        seed,
         images,
     })
 }
@@ -266,6 +290,8 @@ mod tests {
             response_format: format,
             images,
             backend: BackendKind::Fal,
+            endpoint: "fal-ai/nano-banana-2".into(),
+            seed: Some(42),
         }
     }
 
@@ -285,9 +311,10 @@ mod tests {
         let files = files();
 
         let value = encode(&g, &files, 10_000).await.unwrap();
-        // Two raw images plus a small header: a quarter smaller than base64.
-        assert!(value.len() < 2 * raw.len() + 64, "{}", value.len());
-        assert!(value.len() < 2 * text.len() * 3 / 4 + 64);
+        // Two raw images plus a small header (with the endpoint's id): a
+        // quarter smaller than base64.
+        assert!(value.len() < 2 * raw.len() + 96, "{}", value.len());
+        assert!(value.len() < 2 * text.len() * 3 / 4 + 96);
 
         let back = decode(&value, 10_250)
             .unwrap()
@@ -299,6 +326,8 @@ mod tests {
         assert_eq!(back.output_format, OutputFormat::Webp);
         assert_eq!(back.response_format, ResponseFormat::B64Json);
         assert_eq!(back.backend, BackendKind::Fal);
+        assert_eq!(&*back.endpoint, "fal-ai/nano-banana-2");
+        assert_eq!(back.seed, Some(42));
         // It keeps the age it had: 250 ms.
         let age = back.produced_at.elapsed();
         assert!(age >= Duration::from_millis(250) && age < Duration::from_secs(5));
@@ -389,7 +418,7 @@ mod tests {
         longer.push(0);
         assert!(decode(&longer, 0).is_none());
         let mut other = good.clone();
-        other[3] = b'2';
+        other[3] = b'1';
         assert!(decode(&other, 0).is_none());
         assert!(decode(b"{\"created\":1}", 0).is_none());
     }

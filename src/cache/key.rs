@@ -1,5 +1,5 @@
 //! The cache key: two requests share an entry exactly when they would send
-//! the upstream the same request.
+//! every endpoint of their model's chain the same request.
 
 use sha2::{Digest, Sha256};
 
@@ -10,25 +10,39 @@ use crate::domain::GenerationPlan;
 pub struct CacheKey(pub [u8; 32]);
 
 impl CacheKey {
-    /// A digest of everything that changes the upstream requests (endpoint,
-    /// prompt, ratio, format, count, response kind, seed), plus the tenant
-    /// when the cache is scoped per key. Model aliases are resolved in the
-    /// plan, so `dall-e-3` and `imagen-4-fast` share entries.
+    /// A digest of everything that changes the upstream requests: the
+    /// model's chain identity (its endpoints and their schemas, so an edited
+    /// chain never serves entries made under the old one), the prompt, the
+    /// response kind, and what each endpoint of the chain would be sent
+    /// (size option, resolution, image counts, format, seeds, safety
+    /// setting); plus the tenant when the cache is scoped per key. Model
+    /// aliases are resolved in the plan, so `dall-e-3` and `imagen-4-fast`
+    /// share entries; an answer made by a fallback endpoint is found under
+    /// the model id asked for.
     pub fn of(plan: &GenerationPlan, tenant: Option<&[u8]>) -> Self {
         let mut h = Sha256::new();
         let mut field = |bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         };
-        field(plan.model.endpoint().full().as_bytes());
+        field(&plan.model.fingerprint);
         field(plan.prompt.as_bytes());
-        field(plan.aspect_ratio.as_str().as_bytes());
-        field(plan.output_format.as_str().as_bytes());
-        field(&[plan.n]);
         field(plan.response_format.as_str().as_bytes());
-        match plan.seed {
-            Some(s) => field(&s.to_le_bytes()),
-            None => field(b"-"),
+        for profile in &plan.model.chain {
+            for job in plan.for_endpoint(profile).jobs {
+                field(
+                    format!(
+                        "{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+                        job.size,
+                        job.resolution,
+                        job.num_images,
+                        job.output_format,
+                        job.seed,
+                        job.safety_tolerance
+                    )
+                    .as_bytes(),
+                );
+            }
         }
         field(tenant.unwrap_or(b""));
         CacheKey(h.finalize().into())

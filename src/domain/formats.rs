@@ -1,72 +1,6 @@
-//! The shapes an image can take: aspect ratio (with the pixel size Imagen 4
-//! delivers for it), encoded format, and how it travels back to the client.
-
-/// The aspect ratios Imagen 4 accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AspectRatio {
-    Square,
-    Landscape16x9,
-    Portrait9x16,
-    Landscape4x3,
-    Portrait3x4,
-}
-
-impl AspectRatio {
-    pub const ALL: [AspectRatio; 5] = [
-        AspectRatio::Square,
-        AspectRatio::Landscape16x9,
-        AspectRatio::Portrait9x16,
-        AspectRatio::Landscape4x3,
-        AspectRatio::Portrait3x4,
-    ];
-
-    /// The `W:H` spelling (fal's `aspect_ratio` value).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AspectRatio::Square => "1:1",
-            AspectRatio::Landscape16x9 => "16:9",
-            AspectRatio::Portrait9x16 => "9:16",
-            AspectRatio::Landscape4x3 => "4:3",
-            AspectRatio::Portrait3x4 => "3:4",
-        }
-    }
-
-    /// Width over height.
-    fn ratio(self) -> f64 {
-        match self {
-            AspectRatio::Square => 1.0,
-            AspectRatio::Landscape16x9 => 16.0 / 9.0,
-            AspectRatio::Portrait9x16 => 9.0 / 16.0,
-            AspectRatio::Landscape4x3 => 4.0 / 3.0,
-            AspectRatio::Portrait3x4 => 3.0 / 4.0,
-        }
-    }
-
-    /// The ratio nearest to `width`:`height` in log space, so 2:1 and 1:2
-    /// are equally far from 1:1.
-    pub fn nearest(width: u32, height: u32) -> AspectRatio {
-        let target = (f64::from(width) / f64::from(height)).ln();
-        AspectRatio::ALL
-            .into_iter()
-            .min_by(|a, b| {
-                let da = (a.ratio().ln() - target).abs();
-                let db = (b.ratio().ln() - target).abs();
-                da.total_cmp(&db)
-            })
-            .unwrap_or(AspectRatio::Square)
-    }
-
-    /// The pixel size Imagen 4 delivers for this ratio.
-    pub fn imagen_dimensions(self) -> (u32, u32) {
-        match self {
-            AspectRatio::Square => (1024, 1024),
-            AspectRatio::Landscape16x9 => (1408, 768),
-            AspectRatio::Portrait9x16 => (768, 1408),
-            AspectRatio::Landscape4x3 => (1280, 896),
-            AspectRatio::Portrait3x4 => (896, 1280),
-        }
-    }
-}
+//! The shapes an image can take, in no endpoint's terms: the size and
+//! quality a client asked for, the encoded format, how images travel back,
+//! and the bounded ratio labels of metrics.
 
 /// The encoded image format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -246,22 +180,6 @@ impl ResponseFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn imagen_dimensions_follow_the_ratio() {
-        let table = [
-            (AspectRatio::Square, (1024, 1024)),
-            (AspectRatio::Landscape16x9, (1408, 768)),
-            (AspectRatio::Portrait9x16, (768, 1408)),
-            (AspectRatio::Landscape4x3, (1280, 896)),
-            (AspectRatio::Portrait3x4, (896, 1280)),
-        ];
-        for (ratio, dims) in table {
-            assert_eq!(ratio.imagen_dimensions(), dims);
-            // Each ratio's own pixel size is nearest to itself.
-            assert_eq!(AspectRatio::nearest(dims.0, dims.1), ratio);
-        }
-    }
 
     #[test]
     fn format_names_round_trip() {

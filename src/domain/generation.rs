@@ -63,4 +63,9 @@ pub struct Generation {
     pub response_format: ResponseFormat,
     pub images: Vec<Image>,
     pub backend: BackendKind,
+    /// The upstream endpoint that produced the images (also for the local
+    /// backend, which plays that endpoint): `x-image-gateway-endpoint`.
+    pub endpoint: Arc<str>,
+    /// The seed the endpoint reports having used, where it does.
+    pub seed: Option<u64>,
 }

@@ -15,8 +15,8 @@ pub mod profile;
 
 pub use catalog::{EndpointId, Model, ModelCatalog};
 pub use date::Date;
-pub use formats::{AspectRatio, Moderation, OutputFormat, Quality, ResponseFormat, SizeRequest};
+pub use formats::{Moderation, OutputFormat, Quality, ResponseFormat, SizeRequest};
 pub use generation::{BackendKind, Generation, Image};
 pub use money::MicroUsd;
-pub use plan::{GenerationPlan, Job};
+pub use plan::{EndpointPlan, GenerationPlan, Job};
 pub use profile::{EndpointProfile, Lifecycle, Price, PriceUnit};

@@ -111,6 +111,23 @@ pub struct RatioOption {
     pub height: u32,
 }
 
+impl RatioOption {
+    /// The ratio as named (`16:9`), which is what a request is matched
+    /// against; the delivered pixels when the name is not `W:H`.
+    pub fn nominal(&self) -> (u32, u32) {
+        self.value
+            .split_once(':')
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
+            .unwrap_or((self.width.max(1), self.height.max(1)))
+    }
+
+    fn ln_ratio(&self) -> f64 {
+        let (w, h) = self.nominal();
+        ln_ratio(w, h)
+    }
+}
+
 /// A named `image_size` value (`square_hd` = 1024x1024).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Preset {
@@ -398,8 +415,8 @@ impl InputSchema {
                     SizeRequest::Exact { width, height } => {
                         let target = ln_ratio(width, height);
                         ratios.iter().min_by(|a, b| {
-                            let da = (ln_ratio(a.width, a.height) - target).abs();
-                            let db = (ln_ratio(b.width, b.height) - target).abs();
+                            let da = (a.ln_ratio() - target).abs();
+                            let db = (b.ln_ratio() - target).abs();
                             da.total_cmp(&db)
                         })
                     }

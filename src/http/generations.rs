@@ -13,7 +13,7 @@ use super::{body, disconnect, stream};
 use crate::auth::ClientId;
 use crate::cache::{CacheDirectives, CacheStatus};
 use crate::config::CacheScope;
-use crate::domain::{BackendKind, Generation, GenerationPlan, ResponseFormat};
+use crate::domain::{BackendKind, Date, Generation, GenerationPlan, Lifecycle, ResponseFormat};
 use crate::error::{ApiError, RateLimitHeaders};
 use crate::openai::{self, parse_generation_body, response};
 use crate::service::Pending;
@@ -66,8 +66,12 @@ pub async fn create(
             Pending::Ready(g) => Some(&**g),
             Pending::Waiting(_) => None,
         };
+        if let Some(g) = ready {
+            count_answer(&state, &plan, g);
+        }
         generation_headers(&mut head, &plan, status, backend, ready);
         let client_gone = disconnect::closed(&req);
+        let metrics = (ready.is_none()).then(|| state.metrics.clone());
         let answer: stream::Answer = match pending {
             Pending::Ready(g) => Box::pin(futures_util::future::ready(Ok(g))),
             Pending::Waiting(w) => {
@@ -75,7 +79,14 @@ pub async fn create(
                 Box::pin(async move { service.settle(w, status).await.0 })
             }
         };
-        stream::respond(head, plan, answer, state.stream_keepalive, client_gone)
+        stream::respond(
+            head,
+            plan,
+            answer,
+            state.stream_keepalive,
+            client_gone,
+            metrics,
+        )
     } else {
         let (generation, status) = match pending {
             Pending::Ready(generation) => (generation, status),
@@ -86,6 +97,7 @@ pub async fn create(
                 () = disconnect::closed(&req) => return Err(ApiError::ClientClosedRequest),
             },
         };
+        count_answer(&state, &plan, &generation);
         let mut head = HttpResponse::Ok();
         generation_headers(&mut head, &plan, status, backend, Some(&generation));
         json_answer(head, &generation, &base_url(&req, &state))
@@ -107,7 +119,9 @@ fn json_answer(mut head: HttpResponseBuilder, g: &Generation, base_url: &str) ->
 }
 
 /// Headers every generation answer carries (JSON or stream). `generation`
-/// is the answer when it is already known (a stream may still be waiting).
+/// is the answer when it is already known (a stream may still be waiting:
+/// then `x-image-gateway-endpoint` names the first endpoint its chain
+/// tries, and the completed event names the one that served).
 fn generation_headers(
     res: &mut HttpResponseBuilder,
     plan: &GenerationPlan,
@@ -123,11 +137,59 @@ fn generation_headers(
     let backend = generation.map_or(backend, |g| g.backend);
     res.insert_header(("x-image-gateway-backend", backend.as_str()));
     res.insert_header(("x-image-gateway-model", plan.model.id.as_str()));
-    if !plan.ignored_fields.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&plan.ignored_fields.join(","))
+    let endpoint = generation.map_or_else(
+        || first_endpoint(plan).to_owned(),
+        |g| g.endpoint.to_string(),
+    );
+    if let Ok(v) = HeaderValue::from_str(&endpoint) {
+        res.insert_header(("x-image-gateway-endpoint", v));
+    }
+    if let Some(seed) = generation.and_then(|g| g.seed) {
+        res.insert_header(("x-image-gateway-seed", seed.to_string()));
+    }
+    let ignored = plan.ignored_on(&endpoint);
+    if !ignored.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&ignored.join(","))
     {
         res.insert_header(("x-image-gateway-ignored-fields", v));
     }
+    lifecycle_headers(res, plan.model.announced_lifecycle(), Date::today());
+}
+
+/// `Deprecation` (RFC 9745, `@<unix seconds>`) and `Sunset` (RFC 8594, an
+/// HTTP date) once the model is deprecated.
+fn lifecycle_headers(res: &mut HttpResponseBuilder, lifecycle: Lifecycle, today: Date) {
+    let Some(deprecated) = lifecycle
+        .deprecated
+        .filter(|_| lifecycle.is_deprecated(today))
+    else {
+        return;
+    };
+    res.insert_header(("deprecation", format!("@{}", deprecated.unix_seconds())));
+    if let Some(sunset) = lifecycle.sunset {
+        res.insert_header(("sunset", sunset.http_date()));
+    }
+}
+
+/// The endpoint a chain tries first today (past sunsets skipped).
+fn first_endpoint(plan: &GenerationPlan) -> &str {
+    let today = Date::today();
+    plan.model
+        .chain
+        .iter()
+        .find(|p| !p.lifecycle.is_sunset(today))
+        .unwrap_or(plan.model.primary())
+        .endpoint
+        .full()
+}
+
+/// Count an answer with images by model and the endpoint that made them.
+fn count_answer(state: &AppState, plan: &GenerationPlan, g: &Generation) {
+    state
+        .metrics
+        .generations
+        .with_label_values(&[plan.model.id.as_str(), &g.endpoint])
+        .inc();
 }
 
 fn add_limit_headers(headers: &mut header::HeaderMap, limits: &[RateLimitHeaders]) {

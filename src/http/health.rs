@@ -1,6 +1,7 @@
 //! Probes: `/healthz` says the process serves HTTP; `/readyz` says it can
-//! take generations, and reports the backend in use and the state of the
-//! shared Redis cache (which never makes it unready).
+//! take generations, and reports the backend in use, the state of the
+//! shared Redis cache and the fal endpoints marked gone (neither ever makes
+//! it unready: other endpoints and models still serve).
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
@@ -8,6 +9,7 @@ use serde_json::json;
 use super::AppState;
 use crate::config::FalMode;
 use crate::domain::BackendKind;
+use crate::service::chain::GONE_HINT;
 
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -37,9 +39,21 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             Some(false) => "down",
         },
         "in_flight_generations": service.in_flight(),
+        // Endpoints that answered 404/410 lately, skipped until retry.
+        "endpoints_gone": service
+            .gone_endpoints()
+            .into_iter()
+            .map(|(endpoint, seconds)| json!({"endpoint": endpoint, "retry_in_seconds": seconds}))
+            .collect::<Vec<_>>(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
     });
+    let mut body = body;
+    if !service.gone_endpoints().is_empty() {
+        body["endpoints_gone_hint"] = json!(format!(
+            "To keep serving the models behind these endpoints, {GONE_HINT}."
+        ));
+    }
     if service.is_stopping() {
         HttpResponse::ServiceUnavailable().json(body)
     } else {

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -15,6 +16,7 @@ use futures_util::FutureExt;
 use futures_util::future::Fuse;
 
 use crate::domain::GenerationPlan;
+use crate::metrics::Metrics;
 use crate::openai::events;
 use crate::service::flights::FlightResult;
 
@@ -22,12 +24,14 @@ use crate::service::flights::FlightResult;
 pub type Answer = Pin<Box<dyn Future<Output = FlightResult> + Send>>;
 
 /// The streamed answer: `res` carries the generation headers already.
+/// `metrics`, when given, counts the answer once its images arrive.
 pub fn respond(
     mut res: HttpResponseBuilder,
     plan: GenerationPlan,
     answer: Answer,
     keepalive: Duration,
     client_gone: impl Future<Output = ()> + Send + 'static,
+    metrics: Option<Arc<Metrics>>,
 ) -> HttpResponse {
     res.insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -39,6 +43,7 @@ pub fn respond(
         keepalive,
         plan,
         gone: Box::pin(client_gone),
+        metrics,
     };
     res.streaming(futures_util::stream::unfold(body, EventStream::next))
 }
@@ -52,6 +57,7 @@ struct EventStream {
     /// Resolves when the client hangs up: the stream ends and its waiter
     /// leaves the flight.
     gone: Pin<Box<dyn Future<Output = ()> + Send>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl EventStream {
@@ -65,7 +71,14 @@ impl EventStream {
                 result = answer => {
                     self.answer = None;
                     match result {
-                        Ok(g) => events::completed(&g, &self.plan, &mut self.queue),
+                        Ok(g) => {
+                            if let Some(m) = &self.metrics {
+                                m.generations
+                                    .with_label_values(&[self.plan.model.id.as_str(), &g.endpoint])
+                                    .inc();
+                            }
+                            events::completed(&g, &self.plan, &mut self.queue)
+                        }
                         Err(e) => self.queue.push_back(events::error(&e)),
                     }
                 }

@@ -22,12 +22,13 @@ pub fn completed(g: &Generation, plan: &GenerationPlan, out: &mut impl Extend<By
         )]);
         out.extend(super::response::slices(b64));
         out.extend([Bytes::from(format!(
-            "\",\"created_at\":{},\"size\":\"{}\",\"quality\":\"{}\",\"background\":\"{}\",\"output_format\":\"{}\",\"usage\":{{\"total_tokens\":0,\"input_tokens\":0,\"output_tokens\":0,\"input_tokens_details\":{{\"text_tokens\":0,\"image_tokens\":0}}}}}}\n\n",
+            "\",\"created_at\":{},\"size\":\"{}\",\"quality\":\"{}\",\"background\":\"{}\",\"output_format\":\"{}\",\"endpoint\":{},\"usage\":{{\"total_tokens\":0,\"input_tokens\":0,\"output_tokens\":0,\"input_tokens_details\":{{\"text_tokens\":0,\"image_tokens\":0}}}}}}\n\n",
             g.created,
             g.size,
-            plan.quality,
+            plan.quality.as_str(),
             plan.background,
             g.output_format.as_str(),
+            serde_json::Value::from(&*g.endpoint),
         ))]);
     }
 }

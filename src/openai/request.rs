@@ -28,6 +28,14 @@ pub struct ImageGenerationRequest {
     pub user: Option<String>,
     /// Extension: passed to fal as `seed` for reproducible images.
     pub seed: Option<i64>,
+    /// OpenAI 2026: the end-user id that replaces `user` (accepted, unused).
+    pub safety_identifier: Option<String>,
+    /// OpenAI 2026 (gpt-image-2.6): `low`, `medium` or `high`.
+    pub complexity: Option<String>,
+    /// OpenAI 2026: frames of animated output (refused: no model here makes it).
+    pub frame_count: Option<i64>,
+    /// OpenAI 2026: frame time of animated output (accepted, unused).
+    pub frame_duration_ms: Option<i64>,
 }
 
 /// Fields this gateway knows: the fields of [`ImageGenerationRequest`], read
@@ -203,6 +211,10 @@ mod tests {
                 "partial_images",
                 "user",
                 "seed",
+                "safety_identifier",
+                "complexity",
+                "frame_count",
+                "frame_duration_ms",
             ]
         );
     }

@@ -82,6 +82,8 @@ mod tests {
             response_format: format,
             images,
             backend: BackendKind::Fal,
+            endpoint: "fal-ai/imagen4/preview/fast".into(),
+            seed: None,
         }
     }
 

@@ -1,23 +1,33 @@
 //! OpenAI's request rules: each field checked against OpenAI's own values
 //! (naming the field in `param` when it is wrong) and resolved against the
 //! model catalog into a [`GenerationPlan`]. Pure functions, table-tested.
+//! How a valid request lands on each endpoint of the model's chain (size to
+//! that endpoint's nearest option, `n` by its per-call maximum, ...) is the
+//! plan's business (`crate::domain::plan`), per endpoint.
 
-use crate::domain::{AspectRatio, GenerationPlan, ModelCatalog, OutputFormat, ResponseFormat};
+use crate::domain::{
+    GenerationPlan, ModelCatalog, Moderation, OutputFormat, Quality, ResponseFormat, SizeRequest,
+};
 use crate::error::ApiError;
 
 use super::request::ImageGenerationRequest;
 
-/// Sizes in OpenAI's enum and the ratio each maps to.
-pub const OPENAI_SIZES: [(&str, AspectRatio); 8] = [
-    ("auto", AspectRatio::Square),
-    ("256x256", AspectRatio::Square),
-    ("512x512", AspectRatio::Square),
-    ("1024x1024", AspectRatio::Square),
-    ("1792x1024", AspectRatio::Landscape16x9),
-    ("1024x1792", AspectRatio::Portrait9x16),
-    ("1536x1024", AspectRatio::Landscape4x3),
-    ("1024x1536", AspectRatio::Portrait3x4),
+/// The sizes in OpenAI's enum (`auto` besides); any other `WxH` within the
+/// bounds below is accepted too, as `gpt-image-2` does.
+pub const OPENAI_SIZES: [&str; 8] = [
+    "auto",
+    "256x256",
+    "512x512",
+    "1024x1024",
+    "1792x1024",
+    "1024x1792",
+    "1536x1024",
+    "1024x1536",
 ];
+
+/// OpenAI's output formats this gateway refuses: animated and vector images
+/// (gpt-image-2.6), which no image model it serves can make.
+pub const UNSUPPORTED_OUTPUT_FORMATS: [&str; 2] = ["gif", "svg"];
 
 /// Bounds on an arbitrary `WxH`: each side, and the long-to-short ratio
 /// (OpenAI's own rule for free sizes is 1:3 to 3:1).
@@ -34,17 +44,16 @@ pub struct PlanLimits {
     pub max_prompt_chars: usize,
 }
 
-/// `size` to the Imagen aspect ratio: the enum by table, any other valid `WxH`
-/// to the supported ratio nearest in log space.
-pub fn aspect_ratio_for_size(size: Option<&str>) -> Result<AspectRatio, ApiError> {
-    let Some(size) = size else {
-        return Ok(AspectRatio::Square);
-    };
-    if let Some((_, ratio)) = OPENAI_SIZES.iter().find(|(s, _)| *s == size) {
-        return Ok(*ratio);
+/// `size` as the client meant it: `auto` (or none), or its pixels; a
+/// malformed or out-of-bounds value is a 400 naming `size`.
+pub fn size_request(size: Option<&str>) -> Result<SizeRequest, ApiError> {
+    match size {
+        None | Some("auto") => Ok(SizeRequest::Auto),
+        Some(size) => {
+            let (width, height) = parse_dimensions(size).ok_or_else(|| invalid_size(size))?;
+            Ok(SizeRequest::Exact { width, height })
+        }
     }
-    let (w, h) = parse_dimensions(size).ok_or_else(|| invalid_size(size))?;
-    Ok(AspectRatio::nearest(w, h))
 }
 
 fn parse_dimensions(size: &str) -> Option<(u32, u32)> {
@@ -189,15 +198,33 @@ pub fn plan(
             .clone(),
     };
     let n = in_range(req.n, 1..=MAX_IMAGES, "n")?.unwrap_or(1);
-    let aspect_ratio = aspect_ratio_for_size(req.size.as_deref())?;
+    let size = size_request(req.size.as_deref())?;
     let response_format = response_format_of(req.response_format.as_deref(), req.model.as_deref())?;
+    if let Some(format) = req.output_format.as_deref()
+        && UNSUPPORTED_OUTPUT_FORMATS.contains(&format)
+    {
+        return Err(ApiError::invalid(
+            format!(
+                "output_format '{format}' (animated or vector output) is not supported by the image models this gateway serves: use 'png', 'jpeg' or 'webp'."
+            ),
+            "output_format",
+        ));
+    }
+    if req.frame_count.is_some() {
+        return Err(ApiError::invalid(
+            "'frame_count' is for animated output, which the image models this gateway serves cannot make: leave it out.",
+            "frame_count",
+        ));
+    }
     let output_format = output_format_of(req.output_format.as_deref())?;
     in_range(req.output_compression, 0..=100, "output_compression")?;
     let quality = one_of(
         req.quality.as_deref(),
-        &["auto", "standard", "hd", "low", "medium", "high"],
+        &Quality::ALL.map(Quality::as_str),
         "quality",
-    )?;
+    )?
+    .and_then(Quality::from_name)
+    .unwrap_or(Quality::Auto);
     let style = one_of(req.style.as_deref(), &["vivid", "natural"], "style")?;
     let background = one_of(
         req.background.as_deref(),
@@ -206,24 +233,33 @@ pub fn plan(
     )?;
     if background == Some("transparent") {
         return Err(ApiError::invalid(
-            "Imagen 4 cannot generate transparent backgrounds: use 'auto' or 'opaque'.",
+            "The image models this gateway serves cannot generate transparent backgrounds: use 'auto' or 'opaque'.",
             "background",
         ));
     }
-    let moderation = one_of(req.moderation.as_deref(), &["auto", "low"], "moderation")?;
+    let moderation = match one_of(req.moderation.as_deref(), &["auto", "low"], "moderation")? {
+        Some("low") => Moderation::Low,
+        _ => Moderation::Auto,
+    };
+    let complexity = one_of(
+        req.complexity.as_deref(),
+        &["low", "medium", "high"],
+        "complexity",
+    )?;
+    in_range(req.frame_duration_ms, 1..=60_000, "frame_duration_ms")?;
     let partial_images = in_range(req.partial_images, 0..=3, "partial_images")?.unwrap_or(0);
     let seed = in_range(req.seed, 0..=i64::from(u32::MAX), "seed")?.map(|s| s as u32);
 
+    // Fields no endpoint applies; what the serving endpoint cannot honour
+    // (quality, format, seed, moderation) is added per endpoint.
     let mut ignored_fields = Vec::new();
     for (name, ignored) in [
-        (
-            "quality",
-            quality.is_some_and(|q| q != "auto" && q != "standard"),
-        ),
         ("style", style.is_some()),
-        ("moderation", moderation == Some("low")),
         ("output_compression", req.output_compression.is_some()),
         ("user", req.user.is_some()),
+        ("safety_identifier", req.safety_identifier.is_some()),
+        ("complexity", complexity.is_some()),
+        ("frame_duration_ms", req.frame_duration_ms.is_some()),
     ] {
         if ignored {
             ignored_fields.push(name.to_owned());
@@ -233,14 +269,15 @@ pub fn plan(
     Ok(GenerationPlan {
         model,
         prompt: prompt.into(),
-        aspect_ratio,
+        size,
         output_format,
         n: n as u8,
         response_format,
         seed,
+        quality,
+        moderation,
         stream: req.stream.unwrap_or(false),
         partial_images: partial_images as u8,
-        quality: quality.unwrap_or("auto"),
         background: background.unwrap_or("auto"),
         ignored_fields,
     })
@@ -272,6 +309,20 @@ mod tests {
         err.param().map(str::to_owned)
     }
 
+    /// The `aspect_ratio` a size becomes on `model`'s first endpoint.
+    fn ratio_on(model: &str, size: Option<&str>) -> String {
+        let size = size.map_or(String::new(), |s| format!(r#","size":"{s}""#));
+        let plan = plan_json(&format!(r#"{{"prompt":"x","model":"{model}"{size}}}"#)).unwrap();
+        match &plan.jobs()[0].size {
+            crate::domain::profile::SizeChoice::AspectRatio(r) => r.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn imagen_ratio(size: Option<&str>) -> String {
+        ratio_on("imagen-4-fast", size)
+    }
+
     #[test]
     fn every_openai_size_maps_to_its_ratio() {
         let table = [
@@ -286,11 +337,7 @@ mod tests {
             (Some("1024x1536"), "3:4"),
         ];
         for (size, ratio) in table {
-            assert_eq!(
-                aspect_ratio_for_size(size).unwrap().as_str(),
-                ratio,
-                "{size:?}"
-            );
+            assert_eq!(imagen_ratio(size), ratio, "{size:?}");
         }
     }
 
@@ -321,11 +368,7 @@ mod tests {
             ("1024X768", "4:3"),
         ];
         for (size, ratio) in table {
-            assert_eq!(
-                aspect_ratio_for_size(Some(size)).unwrap().as_str(),
-                ratio,
-                "{size}"
-            );
+            assert_eq!(imagen_ratio(Some(size)), ratio, "{size}");
         }
     }
 
@@ -356,7 +399,7 @@ mod tests {
             "large",
             "１０２４x１０２４",
         ] {
-            let err = aspect_ratio_for_size(Some(size)).unwrap_err();
+            let err = size_request(Some(size)).unwrap_err();
             assert_eq!(param(err).as_deref(), Some("size"), "{size:?}");
         }
     }
@@ -367,14 +410,14 @@ mod tests {
         assert_eq!(plan.model.id, "imagen-4-fast");
         assert_eq!(
             (
-                plan.aspect_ratio,
+                plan.size,
                 plan.n,
                 plan.output_format,
                 plan.response_format,
                 plan.seed
             ),
             (
-                AspectRatio::Square,
+                SizeRequest::Auto,
                 1,
                 OutputFormat::Png,
                 ResponseFormat::Url,
@@ -511,20 +554,139 @@ mod tests {
     fn accepted_but_unapplied_fields_are_reported() {
         let plan = plan_json(
             r#"{"prompt":"x","quality":"hd","style":"vivid","user":"u1","output_compression":50,
-                "moderation":"auto","background":"opaque","frobnicate":true}"#,
+                "moderation":"auto","background":"opaque","frobnicate":true,
+                "safety_identifier":"hash-1","complexity":"high","frame_duration_ms":80}"#,
         )
         .unwrap();
         assert_eq!(
             plan.ignored_fields,
             [
-                "quality",
                 "style",
                 "output_compression",
                 "user",
+                "safety_identifier",
+                "complexity",
+                "frame_duration_ms",
                 "frobnicate"
             ]
         );
-        assert_eq!(plan.quality, "hd");
+        assert_eq!(plan.quality, Quality::Hd);
         assert_eq!(plan.background, "opaque");
+        // Imagen 4 fast has no resolution tiers: `hd` cannot be honoured there.
+        assert_eq!(plan.for_endpoint(plan.model.primary()).ignored, ["quality"]);
+    }
+
+    #[test]
+    fn size_maps_to_the_nearest_option_of_each_endpoint() {
+        // nano-banana's 3:2 for 1536x1024, not Imagen's 4:3.
+        assert_eq!(ratio_on("imagen-4", Some("1536x1024")), "4:3");
+        assert_eq!(ratio_on("nano-banana-2", Some("1536x1024")), "3:2");
+        assert_eq!(ratio_on("nano-banana-pro", Some("1024x1536")), "2:3");
+        assert_eq!(ratio_on("nano-banana-2", Some("2048x880")), "21:9");
+        assert_eq!(ratio_on("nano-banana-2", None), "1:1");
+        // FLUX takes the size itself, within its bounds.
+        let plan = plan_json(r#"{"prompt":"x","model":"flux-dev","size":"1024x1536"}"#).unwrap();
+        let jobs = plan.jobs();
+        assert_eq!(
+            jobs[0].size,
+            crate::domain::profile::SizeChoice::Custom {
+                width: 1024,
+                height: 1536
+            }
+        );
+        assert_eq!(jobs[0].expected_size, (1024, 1536));
+    }
+
+    #[test]
+    fn quality_and_size_choose_the_resolution_tier_where_there_is_one() {
+        let tier = |body: &str| plan_json(body).unwrap().jobs()[0].resolution.clone();
+        assert_eq!(
+            tier(r#"{"prompt":"x","model":"imagen-4"}"#).as_deref(),
+            Some("1K")
+        );
+        assert_eq!(
+            tier(r#"{"prompt":"x","model":"imagen-4","size":"1792x1024"}"#).as_deref(),
+            Some("2K")
+        );
+        assert_eq!(
+            tier(r#"{"prompt":"x","model":"imagen-4","quality":"hd"}"#).as_deref(),
+            Some("2K")
+        );
+        assert_eq!(
+            tier(r#"{"prompt":"x","model":"imagen-4-ultra","quality":"high"}"#).as_deref(),
+            Some("2K")
+        );
+        assert_eq!(
+            tier(r#"{"prompt":"x","model":"imagen-4-fast","quality":"hd"}"#),
+            None
+        );
+        assert_eq!(
+            tier(r#"{"prompt":"x","model":"nano-banana-2","quality":"xhigh"}"#).as_deref(),
+            Some("4K")
+        );
+        assert_eq!(
+            tier(r#"{"prompt":"x","model":"nano-banana-2","size":"512x512"}"#).as_deref(),
+            Some("0.5K")
+        );
+        assert_eq!(
+            tier(r#"{"prompt":"x","model":"nano-banana-pro","quality":"max"}"#).as_deref(),
+            Some("4K")
+        );
+        let plan = plan_json(r#"{"prompt":"x","model":"imagen-4","size":"1792x1024"}"#).unwrap();
+        assert_eq!(plan.for_endpoint(plan.model.primary()).size, (2816, 1536));
+    }
+
+    #[test]
+    fn moderation_low_is_a_more_permissive_safety_tolerance_where_there_is_one() {
+        let plan = plan_json(r#"{"prompt":"x","model":"imagen-4","moderation":"low"}"#).unwrap();
+        assert_eq!(plan.jobs()[0].safety_tolerance.as_deref(), Some("5"));
+        let auto = plan_json(r#"{"prompt":"x","model":"imagen-4","moderation":"auto"}"#).unwrap();
+        assert_eq!(auto.jobs()[0].safety_tolerance, None);
+        let flux = plan_json(r#"{"prompt":"x","model":"flux-dev","moderation":"low"}"#).unwrap();
+        let on_flux = flux.for_endpoint(flux.model.primary());
+        assert_eq!(on_flux.jobs[0].safety_tolerance, None);
+        assert_eq!(on_flux.ignored, ["moderation"]);
+    }
+
+    #[test]
+    fn n_splits_by_each_endpoints_most_images_per_call() {
+        let counts = |model: &str| -> Vec<u8> {
+            plan_json(&format!(r#"{{"prompt":"x","model":"{model}","n":7}}"#))
+                .unwrap()
+                .jobs()
+                .iter()
+                .map(|j| j.num_images)
+                .collect()
+        };
+        assert_eq!(counts("imagen-4-fast"), [4, 3]);
+        assert_eq!(counts("imagen-4-ultra"), [1; 7]);
+        assert_eq!(counts("flux-2-pro"), [1; 7]);
+        assert_eq!(counts("seedream-4"), [6, 1]);
+    }
+
+    #[test]
+    fn formats_an_endpoint_lacks_are_reported_and_delivered_honestly() {
+        let plan =
+            plan_json(r#"{"prompt":"x","model":"flux-schnell","output_format":"webp"}"#).unwrap();
+        let on_flux = plan.for_endpoint(plan.model.primary());
+        assert_eq!(on_flux.output_format, OutputFormat::Png);
+        assert_eq!(on_flux.jobs[0].output_format, Some(OutputFormat::Png));
+        assert_eq!(on_flux.ignored, ["output_format"]);
+    }
+
+    #[test]
+    fn the_2026_fields_for_animation_are_refused_naming_the_field() {
+        for (body, field) in [
+            (r#"{"prompt":"x","output_format":"gif"}"#, "output_format"),
+            (r#"{"prompt":"x","output_format":"svg"}"#, "output_format"),
+            (r#"{"prompt":"x","frame_count":4}"#, "frame_count"),
+            (r#"{"prompt":"x","complexity":"extreme"}"#, "complexity"),
+        ] {
+            let err = plan_json(body).unwrap_err();
+            assert_eq!(param(err).as_deref(), Some(field), "{body}");
+        }
+        for quality in ["xhigh", "max"] {
+            assert!(plan_json(&format!(r#"{{"prompt":"x","quality":"{quality}"}}"#)).is_ok());
+        }
     }
 }

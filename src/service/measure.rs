@@ -70,6 +70,7 @@ mod tests {
             content,
             width: claimed.map(|c| c.0),
             height: claimed.map(|c| c.1),
+            format: None,
         }
     }
 

@@ -24,16 +24,20 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
 use crate::cache::{CacheDirectives, CacheKey, CacheStatus, MemoryCache, RedisCache};
-use crate::domain::{BackendKind, Generation, GenerationPlan, Image, Job, ResponseFormat};
+use crate::domain::{
+    BackendKind, EndpointPlan, Generation, GenerationPlan, Image, Job, OutputFormat, ResponseFormat,
+};
 use crate::error::ApiError;
 use crate::files::FileStore;
 use crate::metrics::Metrics;
 
+pub mod chain;
 mod fleet;
 pub mod flights;
 pub mod limiter;
 mod measure;
 
+use chain::GoneEndpoints;
 use flights::{Flight, FlightResult, Flights, Joined, Source, Waiter};
 use limiter::JobLimiter;
 
@@ -89,6 +93,10 @@ pub struct ServiceParts {
     pub request_timeout: Duration,
     /// `cache.mode = "seeded"`: only plans with a seed use the cache.
     pub cache_seeded_only: bool,
+    /// How long an endpoint that answered "gone" is skipped.
+    pub gone_skip: Duration,
+    /// A job's start timeout when another endpoint follows in its chain.
+    pub start_timeout: Duration,
     /// Where flights run.
     pub runtime: tokio::runtime::Handle,
     /// Tasks awaited at shutdown (flights, upstream cancellations).
@@ -105,6 +113,9 @@ pub struct GenerationService {
     metrics: Arc<Metrics>,
     request_timeout: Duration,
     cache_seeded_only: bool,
+    gone: GoneEndpoints,
+    gone_skip: Duration,
+    start_timeout: Duration,
     runtime: tokio::runtime::Handle,
     /// Cancelled at shutdown; every flight's token is its child.
     stopping: CancellationToken,
@@ -123,6 +134,9 @@ impl GenerationService {
             metrics: parts.metrics,
             request_timeout: parts.request_timeout,
             cache_seeded_only: parts.cache_seeded_only,
+            gone: GoneEndpoints::new(parts.gone_skip),
+            gone_skip: parts.gone_skip,
+            start_timeout: parts.start_timeout,
             runtime: parts.runtime,
             stopping: CancellationToken::new(),
             tasks: parts.tasks,
@@ -272,14 +286,16 @@ impl GenerationService {
         Ok(generation)
     }
 
-    /// Run a plan's jobs and deliver the images in the requested form.
-    async fn produce(
+    /// Run a plan's jobs on one endpoint and deliver the images in the
+    /// requested form.
+    async fn produce_on(
         &self,
         plan: &GenerationPlan,
+        on_endpoint: &EndpointPlan,
         token: &CancellationToken,
         deadline: Instant,
     ) -> Result<Generation, ApiError> {
-        let jobs = plan.jobs();
+        let jobs = &on_endpoint.jobs;
         let ctx = JobContext {
             deadline,
             cancel: token.clone(),
@@ -290,13 +306,15 @@ impl GenerationService {
         let slots = self.limiter.acquire(jobs.len() as u32, &ctx).await?;
         let parallel = slots.num_permits().max(1);
         self.metrics.jobs_in_flight.add(parallel as i64);
-        let outputs = self.run_jobs(&jobs, parallel, &ctx).await;
+        let outputs = self.run_jobs(jobs, parallel, &ctx).await;
         self.metrics.jobs_in_flight.sub(parallel as i64);
         drop(slots);
         let outputs = outputs?;
 
         let mut images = Vec::with_capacity(usize::from(plan.n));
         let mut dims = None;
+        let mut format = None;
+        let seed = outputs.iter().find_map(|o| o.seed);
         for (job, output) in jobs.iter().zip(outputs) {
             // A backend answering more images than its job asked for gets
             // the extra ones dropped.
@@ -304,20 +322,27 @@ impl GenerationService {
                 if dims.is_none() {
                     dims = measure::dimensions(&image);
                 }
-                images.push(self.deliver(image, plan).await?);
+                let image_format = image.format.unwrap_or(on_endpoint.output_format);
+                format.get_or_insert(image_format);
+                images.push(
+                    self.deliver(image, plan.response_format, image_format)
+                        .await?,
+                );
             }
         }
-        let (w, h) = dims.unwrap_or_else(|| plan.aspect_ratio.imagen_dimensions());
+        let (w, h) = dims.unwrap_or(on_endpoint.size);
         Ok(Generation {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
             produced_at: std::time::Instant::now(),
             size: format!("{w}x{h}"),
-            output_format: plan.output_format,
+            output_format: format.unwrap_or(on_endpoint.output_format),
             response_format: plan.response_format,
             images,
             backend: self.backend.kind(),
+            endpoint: on_endpoint.profile.endpoint.full().into(),
+            seed,
         })
     }
 
@@ -358,7 +383,7 @@ impl GenerationService {
         }))
         .await;
         let mut outputs = Vec::with_capacity(results.len());
-        let mut first_error = None;
+        let mut first_error: Option<ApiError> = None;
         for r in results {
             match r {
                 Ok(o) => outputs.push(o),
@@ -373,6 +398,9 @@ impl GenerationService {
             }
         }
         match first_error {
+            // Images were made (and paid for): another endpoint must not
+            // make them again.
+            Some(e) if !outputs.is_empty() => Err(e.into_cause()),
             Some(e) => Err(e),
             None => Ok(outputs),
         }
@@ -380,11 +408,12 @@ impl GenerationService {
 
     fn record_job(&self, job: &Job, result: &Result<JobOutput, ApiError>, total: Duration) {
         let model = job.model_id.as_ref();
+        let endpoint = job.endpoint.full();
         let out = match result {
             Ok(out) => out,
-            Err(e) => return self.metrics.observe_job(model, e.outcome_label()),
+            Err(e) => return self.metrics.observe_job(model, endpoint, e.outcome_label()),
         };
-        self.metrics.observe_job(model, "success");
+        self.metrics.observe_job(model, endpoint, "success");
         let phases = [
             ("total", Some(total)),
             ("queued", out.queued),
@@ -400,7 +429,7 @@ impl GenerationService {
         }
         self.metrics
             .images_generated
-            .with_label_values(&[model, job.aspect_ratio.as_str(), job.output_format.as_str()])
+            .with_label_values(&[model, job.ratio_label(), job.delivered_format.as_str()])
             .inc_by(out.images.len() as u64);
     }
 
@@ -409,10 +438,11 @@ impl GenerationService {
     async fn deliver(
         &self,
         image: GeneratedImage,
-        plan: &GenerationPlan,
+        response_format: ResponseFormat,
+        format: OutputFormat,
     ) -> Result<Image, ApiError> {
         let b64 = &base64::engine::general_purpose::STANDARD;
-        match (plan.response_format, image.content) {
+        match (response_format, image.content) {
             (ResponseFormat::B64Json, ImageContent::Base64(text)) => Ok(Image::Base64(text)),
             (ResponseFormat::B64Json, ImageContent::Raw(raw)) => {
                 Ok(Image::Base64(Bytes::from(b64.encode(raw))))
@@ -424,16 +454,14 @@ impl GenerationService {
             }),
             (ResponseFormat::Url, ImageContent::Url(url)) => Ok(Image::Url(url.into())),
             (ResponseFormat::Url, ImageContent::Raw(raw)) => {
-                Ok(Image::File(self.files.put(raw, plan.output_format).await))
+                Ok(Image::File(self.files.put(raw, format).await))
             }
             (ResponseFormat::Url, ImageContent::Base64(text)) => {
                 let raw = b64.decode(&text).map_err(|_| ApiError::Upstream {
                     message: "The image backend answered with a data URI that is not base64."
                         .into(),
                 })?;
-                Ok(Image::File(
-                    self.files.put(Bytes::from(raw), plan.output_format).await,
-                ))
+                Ok(Image::File(self.files.put(Bytes::from(raw), format).await))
             }
         }
     }
@@ -539,6 +567,8 @@ mod tests {
             limiter: JobLimiter::new(4, 4, metrics.clone()),
             metrics,
             request_timeout: Duration::from_secs(30),
+            gone_skip: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(10),
             runtime: tokio::runtime::Handle::current(),
             tasks: TaskTracker::new(),
         })

@@ -85,7 +85,7 @@ async fn a_url_request_passes_fals_urls_through_without_sync_mode() {
     let url = body["data"][0]["url"].as_str().unwrap();
     assert_eq!(
         url,
-        format!("{}/files/3x4-png-1-0-0.png", app.fal.queue_url())
+        format!("{}/files/896x1280-png-1-0-0.png", app.fal.queue_url())
     );
     assert_eq!(body["size"], "896x1280");
 }

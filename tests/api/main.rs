@@ -10,6 +10,7 @@ mod generations;
 mod hostile;
 mod limits;
 mod metrics;
+mod models;
 mod openapi;
 mod process;
 mod properties;

@@ -118,7 +118,11 @@ async fn a_scrape_after_known_traffic_shows_exact_series() {
         series(
             &m,
             "image_gateway_upstream_jobs_total",
-            &[("model", "imagen-4-fast"), ("outcome", "success")]
+            &[
+                ("model", "imagen-4-fast"),
+                ("endpoint", "fal-ai/imagen4/preview/fast"),
+                ("outcome", "success")
+            ]
         ),
         Some(2.0)
     );

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use actix_web::ResponseError;
 use image_gateway::config::{BackendChoice, ModelSettings, Secret, Settings};
-use image_gateway::domain::{AspectRatio, ModelCatalog};
+use image_gateway::domain::ModelCatalog;
 use image_gateway::error::{ApiError, RateLimitHeaders};
 use image_gateway::http::routes;
 use image_gateway::openai::validate::{self, OPENAI_SIZES, PlanLimits};
@@ -277,11 +277,15 @@ fn only_prompt_is_required_and_every_other_field_accepts_null() {
 /// documented and accepted, or undocumented and refused.
 const OPENAI_VALUES: &[(&str, &[&str])] = &[
     ("response_format", &["url", "b64_json"]),
-    ("output_format", &["png", "jpeg", "webp"]),
+    // gpt-image-2.6's gif and svg are OpenAI's too: refused here.
+    ("output_format", &["png", "jpeg", "webp", "gif", "svg"]),
     (
         "quality",
-        &["auto", "standard", "hd", "low", "medium", "high"],
+        &[
+            "auto", "standard", "hd", "low", "medium", "high", "xhigh", "max",
+        ],
     ),
+    ("complexity", &["low", "medium", "high"]),
     ("style", &["vivid", "natural"]),
     ("background", &["auto", "transparent", "opaque"]),
     ("moderation", &["auto", "low"]),
@@ -324,7 +328,7 @@ fn documented_enums_are_exactly_the_values_the_gateway_accepts() {
 #[test]
 fn the_size_enum_is_openais_and_other_sizes_follow_the_documented_rule() {
     let documented = strings(&schema("OpenAISize")["enum"]);
-    let gateway: Vec<&str> = OPENAI_SIZES.iter().map(|(s, _)| *s).collect();
+    let gateway: Vec<&str> = OPENAI_SIZES.to_vec();
     assert_eq!(documented, gateway);
     for size in &documented {
         assert_eq!(verdict(&with("size", json!(size))), Ok(()), "{size}");
@@ -387,7 +391,13 @@ fn documented_integer_ranges_are_the_ranges_the_gateway_accepts() {
     }
     assert_eq!(
         checked,
-        ["n", "output_compression", "partial_images", "seed"],
+        [
+            "frame_duration_ms",
+            "n",
+            "output_compression",
+            "partial_images",
+            "seed"
+        ],
         "the spec's integer fields"
     );
     assert_eq!(
@@ -484,14 +494,15 @@ fn documented_model_names_resolve_and_unknown_ones_are_404() {
 #[test]
 fn documented_delivered_sizes_are_imagens() {
     let documented = strings(&schema("DeliveredSize")["examples"]);
-    let imagen: Vec<String> = AspectRatio::ALL
+    let catalog = catalog();
+    let imagen = catalog.profile("fal-ai/imagen4/preview/fast").unwrap();
+    let sizes: Vec<String> = imagen
+        .input
+        .sizes(None)
         .iter()
-        .map(|r| {
-            let (w, h) = r.imagen_dimensions();
-            format!("{w}x{h}")
-        })
+        .map(|(w, h)| format!("{w}x{h}"))
         .collect();
-    assert_eq!(documented, imagen);
+    assert_eq!(documented, sizes);
 }
 
 // ---------------------------------------------------------------------------

@@ -5,7 +5,9 @@
 use actix_web::ResponseError;
 use image_gateway::cache::CacheKey;
 use image_gateway::config::ModelSettings;
-use image_gateway::domain::{AspectRatio, ModelCatalog};
+use image_gateway::domain::ModelCatalog;
+use image_gateway::domain::profile::{SizeChoice, SizeInput};
+use image_gateway::domain::{Quality, SizeRequest};
 use image_gateway::openai::validate::{self, PlanLimits};
 use image_gateway::openai::{KNOWN_FIELDS, parse_generation_body};
 use proptest::prelude::*;
@@ -111,28 +113,38 @@ proptest! {
 
     #[test]
     fn any_size_string_maps_or_fails_on_size(size in "[-+0-9a-zA-Z. x]{0,14}") {
-        match validate::aspect_ratio_for_size(Some(&size)) {
+        match validate::size_request(Some(&size)) {
             Ok(_) => {}
             Err(e) => prop_assert_eq!(e.param(), Some("size")),
         }
     }
 
     #[test]
-    fn valid_dimensions_map_to_the_nearest_ratio_in_log_space(w in 64u32..=4096, h in 64u32..=4096) {
-        let result = validate::aspect_ratio_for_size(Some(&format!("{w}x{h}")));
+    fn valid_dimensions_map_to_each_endpoints_nearest_ratio_in_log_space(w in 64u32..=4096, h in 64u32..=4096) {
+        let result = validate::size_request(Some(&format!("{w}x{h}")));
         let ratio = f64::from(w.max(h)) / f64::from(w.min(h));
         if ratio > 3.0 {
             prop_assert!(result.is_err());
-        } else {
-            let chosen = result.unwrap();
-            let distance = |r: AspectRatio| {
-                let (rw, rh): (f64, f64) = match r.as_str() {
-                    "16:9" => (16.0, 9.0), "9:16" => (9.0, 16.0), "4:3" => (4.0, 3.0), "3:4" => (3.0, 4.0), _ => (1.0, 1.0),
-                };
-                ((f64::from(w) / f64::from(h)).ln() - (rw / rh).ln()).abs()
+            return Ok(());
+        }
+        let size = result.unwrap();
+        prop_assert_eq!(size, SizeRequest::Exact { width: w, height: h });
+        let catalog = catalog();
+        for endpoint in ["fal-ai/imagen4/preview/fast", "fal-ai/nano-banana-2", "fal-ai/nano-banana-pro"] {
+            let input = &catalog.profile(endpoint).unwrap().input;
+            let SizeInput::AspectRatio { ratios, .. } = &input.size else { unreachable!() };
+            let tier = input.tier_for(size.longer_side(), Quality::Auto);
+            let (SizeChoice::AspectRatio(chosen), _) = input.size_for(size, tier) else { unreachable!() };
+            let distance = |value: &str| {
+                let option = ratios.iter().find(|r| r.value == value).unwrap();
+                let (rw, rh) = option.nominal();
+                ((f64::from(w) / f64::from(h)).ln() - (f64::from(rw) / f64::from(rh)).ln()).abs()
             };
-            for other in AspectRatio::ALL {
-                prop_assert!(distance(chosen) <= distance(other) + 1e-12, "{}x{} -> {:?}, but {:?} is nearer", w, h, chosen, other);
+            for other in ratios {
+                prop_assert!(
+                    distance(&chosen) <= distance(&other.value) + 1e-12,
+                    "{}x{} on {} -> {}, but {} is nearer", w, h, endpoint, chosen, other.value
+                );
             }
         }
     }

@@ -434,7 +434,11 @@ async fn every_upstream_fault_ends_in_its_documented_answer() {
                 series(
                     &m,
                     "image_gateway_upstream_jobs_total",
-                    &[("model", "imagen-4-fast"), ("outcome", "auth_error")]
+                    &[
+                        ("model", "imagen-4-fast"),
+                        ("endpoint", "fal-ai/imagen4/preview/fast"),
+                        ("outcome", "auth_error")
+                    ]
                 ),
                 Some(1.0)
             );
@@ -474,7 +478,11 @@ async fn a_hang_anywhere_ends_in_504_with_the_fal_job_cancelled() {
             series(
                 &m,
                 "image_gateway_upstream_jobs_total",
-                &[("model", "imagen-4-fast"), ("outcome", "timeout")]
+                &[
+                    ("model", "imagen-4-fast"),
+                    ("endpoint", "fal-ai/imagen4/preview/fast"),
+                    ("outcome", "timeout")
+                ]
             ),
             Some(1.0),
             "{op:?}"
@@ -751,7 +759,11 @@ async fn a_submit_that_times_out_after_it_was_sent_is_never_repeated() {
         series(
             &m,
             "image_gateway_upstream_jobs_total",
-            &[("model", "imagen-4-fast"), ("outcome", "unconfirmed")]
+            &[
+                ("model", "imagen-4-fast"),
+                ("endpoint", "fal-ai/imagen4/preview/fast"),
+                ("outcome", "unconfirmed")
+            ]
         ),
         Some(1.0)
     );

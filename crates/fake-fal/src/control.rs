@@ -166,7 +166,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/_fake/counts", web::get().to(counts))
         .route("/_fake/faults", web::post().to(add_faults))
         .route("/_fake/config", web::post().to(set_config))
-        .route("/_fake/reset", web::post().to(reset));
+        .route("/_fake/reset", web::post().to(reset))
+        .route("/_fake/endpoints", web::post().to(crate::endpoints::set));
 }
 
 /// `GET /_fake/calls`: every recorded call, oldest first.
@@ -196,7 +197,8 @@ async fn set_config(state: web::Data<State>, config: web::Json<FakeConfig>) -> H
     HttpResponse::NoContent().finish()
 }
 
-/// `POST /_fake/reset`: forget faults, calls, jobs and counts (not the config).
+/// `POST /_fake/reset`: forget faults, calls, jobs, counts and endpoint
+/// modes (not the config).
 async fn reset(state: web::Data<State>) -> HttpResponse {
     state.reset();
     HttpResponse::NoContent().finish()

@@ -1,5 +1,7 @@
-//! A stand-in for fal.ai that speaks fal's queue protocol and Imagen 4's
-//! schema (PROTOCOLS.md section B) on loopback, for image-gateway's
+//! A stand-in for fal.ai that speaks fal's queue protocol and the input
+//! schemas of the model endpoints the gateway knows (PROTOCOLS.md sections
+//! B and C: Imagen 4, nano-banana-2 and -pro, FLUX.1 schnell and dev, FLUX.2
+//! pro, Seedream 4; `models`) on loopback, for image-gateway's
 //! integration tests, SDK end-to-end tests and benchmarks. It knows fal's
 //! wire format from its own definitions (`wire`) and nothing of the
 //! gateway's code, so a gateway that gets fal's values wrong fails against it.
@@ -20,13 +22,21 @@
 //! - `POST /run/<endpoint id>` plays fal's synchronous host (`run_url` =
 //!   `http://host:port/run`).
 //! - `GET /files/<name>` serves the images of non-sync answers.
+//! - Each endpoint delivers its own sizes (Imagen's 1408x768 for 16:9,
+//!   nano-banana's 1264x848 for 3:2, FLUX's exact `image_size`), rejects
+//!   what its schema rejects (422 in fal's shape), and answers 404 when fal
+//!   has no such application. An endpoint can be made gone (404 or 410
+//!   `EndpointDeprecated`), failing, full (429) or slow to start
+//!   (`endpoints`, [`FakeFal::set_endpoint`]).
 //! - Control: `GET /_fake/calls`, `GET /_fake/counts`, `POST /_fake/faults`,
-//!   `POST /_fake/config`, `POST /_fake/reset`.
+//!   `POST /_fake/config`, `POST /_fake/endpoints`, `POST /_fake/reset`.
 //!
 //! Every call is counted and (unless `record` is off) recorded with its body
 //! and `Authorization` header; faults can be injected per operation.
 
 mod control;
+mod endpoints;
+mod models;
 mod render;
 mod server;
 mod state;
@@ -39,6 +49,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
 pub use control::{Call, FakeConfig, Fault, FaultAction, Op};
+pub use endpoints::EndpointMode;
 use state::{State, lock};
 
 /// Request bodies up to this size are read (fal's inputs are small; the
@@ -121,6 +132,12 @@ impl FakeFal {
     /// Replace the behaviour knobs (as `POST /_fake/config` does).
     pub fn configure(&self, config: FakeConfig) {
         *lock(&self.state.config) = config;
+    }
+
+    /// Make `endpoint` (`owner/alias[/path]`) behave as `mode` (gone,
+    /// failing, out of capacity, slow) until changed or reset.
+    pub fn set_endpoint(&self, endpoint: &str, mode: EndpointMode) {
+        lock(&self.state.endpoints).insert(endpoint.to_owned(), mode);
     }
 
     pub fn inject(&self, fault: Fault) {

@@ -15,12 +15,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::control::{FaultAction, Op};
+use crate::endpoints::{EndpointMode, refusal};
+use crate::models::{Schema, describes, flags_nsfw, parse, schema_of};
 use crate::render::image_bytes;
 use crate::state::{Failure, Job, State, lock};
 use crate::wire::{
-    ALREADY_COMPLETED, AspectRatio, CANCELLATION_REQUESTED, ImageFile, ImagenInput, ImagenOutput,
-    NOT_FOUND, OutputFormat, QueueStatus, RunMetrics, StatusAnswer, SubmitAnswer,
-    error_type_status,
+    ALREADY_COMPLETED, CANCELLATION_REQUESTED, ImageFile, ModelInput, ModelOutput, NOT_FOUND,
+    OutputFormat, QueueStatus, RunMetrics, StatusAnswer, SubmitAnswer, error_type_status,
 };
 
 /// Namespaces whose endpoint ids carry one more segment in front of
@@ -152,6 +153,11 @@ async fn submit(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> 
         Some(ns) => format!("{ns}/{owner}/{alias}"),
         None => format!("{owner}/{alias}"),
     };
+    let endpoint = parts.join("/");
+    let (schema, queue_ms) = match accepting(&state, &endpoint, alias) {
+        Ok(accepted) => accepted,
+        Err(refused) => return *refused,
+    };
     // fal's start timeout: seconds, more than 1.
     let start_timeout = req
         .headers()
@@ -160,7 +166,7 @@ async fn submit(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> 
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s > 1.0)
         .map(Duration::from_secs_f64);
-    let input = match ImagenInput::parse(&body) {
+    let input = match parse(schema, &body) {
         Ok(input) => input,
         Err(rejection) => return fal_json(StatusCode::UNPROCESSABLE_ENTITY, &rejection),
     };
@@ -177,6 +183,8 @@ async fn submit(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> 
         id.clone(),
         Job {
             input,
+            schema,
+            queue_ms,
             submitted: std::time::Instant::now(),
             cancelled: false,
             failed: None,
@@ -360,8 +368,13 @@ async fn result(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
     let id = request_id(&req);
     // Fails a job whose start timeout passed.
     let _ = state.job_status(&id);
-    let (input, failure, cancelled) = match lock(&state.jobs).get(id.as_str()) {
-        Some(job) => (job.input.clone(), job.failed.clone(), job.cancelled),
+    let (input, schema, failure, cancelled) = match lock(&state.jobs).get(id.as_str()) {
+        Some(job) => (
+            job.input.clone(),
+            job.schema,
+            job.failed.clone(),
+            job.cancelled,
+        ),
         None => return request_not_found(),
     };
     if cancelled {
@@ -382,7 +395,32 @@ async fn result(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
         }
         return res.body(failure.result_body);
     }
-    output(&state, &input, fault)
+    output(&state, schema, &input, fault)
+}
+
+/// The schema of `endpoint` and how long its jobs stay queued (when it is
+/// slow), or the answer a submit to it gets instead (unknown: fal's 404;
+/// gone, failing or full by its mode).
+fn accepting(
+    state: &State,
+    endpoint: &str,
+    alias: &str,
+) -> Result<(Schema, Option<u64>), Box<HttpResponse>> {
+    let mode = state.endpoint_mode(endpoint);
+    if let Some(refused) = refusal(&mode, alias) {
+        return Err(Box::new(refused));
+    }
+    let Some(schema) = schema_of(endpoint) else {
+        return Err(Box::new(fal_json(
+            StatusCode::NOT_FOUND,
+            &json!({"detail": format!("Application '{alias}' not found")}),
+        )));
+    };
+    let queue_ms = match mode {
+        EndpointMode::Slow { queue_ms } => Some(queue_ms),
+        _ => None,
+    };
+    Ok((schema, queue_ms))
 }
 
 /// `POST /run/<endpoint id>`: the synchronous host; waits the job's whole
@@ -394,64 +432,93 @@ async fn run(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
         Err(res) => return res,
         Ok(fault) => fault,
     };
-    let input = match ImagenInput::parse(&body) {
+    let path = req
+        .path()
+        .trim_start_matches("/run/")
+        .trim_start_matches('/');
+    let mut parts: Vec<&str> = path.split('/').collect();
+    if parts.len() > 2 && NAMESPACES.contains(&parts[0]) {
+        parts.remove(0);
+    }
+    let endpoint = parts.join("/");
+    let (schema, queue_ms) = match accepting(&state, &endpoint, parts.get(1).unwrap_or(&"")) {
+        Ok(accepted) => accepted,
+        Err(refused) => return *refused,
+    };
+    let input = match parse(schema, &body) {
         Ok(input) => input,
         Err(rejection) => return fal_json(StatusCode::UNPROCESSABLE_ENTITY, &rejection),
     };
     let total = {
         let cfg = lock(&state.config);
-        cfg.queue_ms + cfg.run_ms
+        queue_ms.unwrap_or(cfg.queue_ms) + cfg.run_ms
     };
     if total > 0 {
         tokio::time::sleep(Duration::from_millis(total)).await;
     }
-    output(&state, &input, fault)
+    output(&state, schema, &input, fault)
 }
 
 /// The file name an image is served under:
-/// `<ratio>-<format>-<full size 0|1>-<noise>-<index>.<format>`.
-fn file_name(ratio: AspectRatio, format: OutputFormat, full: bool, noise: u8, i: u8) -> String {
+/// `<width>x<height>-<format>-<full size 0|1>-<noise>-<index>.<format>`.
+fn file_name(size: (u32, u32), format: OutputFormat, full: bool, noise: u8, i: u8) -> String {
     let ext = format.as_str();
     format!(
-        "{}-{ext}-{}-{noise}-{i}.{ext}",
-        ratio.file_tag(),
+        "{}x{}-{ext}-{}-{noise}-{i}.{ext}",
+        size.0,
+        size.1,
         u8::from(full)
     )
 }
 
+/// What [`file_name`] encodes: (size, format, full size, noise, index).
+type FileShape = ((u32, u32), OutputFormat, bool, u8, u8);
+
 /// What [`file_name`] encodes.
-fn parse_file_name(name: &str) -> Option<(AspectRatio, OutputFormat, bool, u8, u8)> {
+fn parse_file_name(name: &str) -> Option<FileShape> {
     let stem = name.split('.').next()?;
     let mut parts = stem.split('-');
-    let ratio = AspectRatio::from_file_tag(parts.next()?)?;
+    let (w, h) = parts.next()?.split_once('x')?;
+    let size = (w.parse().ok()?, h.parse().ok()?);
     let format = OutputFormat::parse(parts.next()?)?;
     let full = parts.next()? == "1";
     let noise = parts.next()?.parse().ok()?;
     let index = parts.next()?.parse().ok()?;
-    Some((ratio, format, full, noise, index))
+    Some((size, format, full, noise, index))
 }
 
-/// The picture size: Imagen's, or 1/16 of each side for fast tests.
-fn dimensions(ratio: AspectRatio, full: bool) -> (u32, u32) {
-    let (w, h) = ratio.dimensions();
-    if full { (w, h) } else { (w / 16, h / 16) }
+/// The picture size: the model's, or 1/16 of each side for fast tests.
+fn dimensions(size: (u32, u32), full: bool) -> (u32, u32) {
+    if full {
+        size
+    } else {
+        ((size.0 / 16).max(1), (size.1 / 16).max(1))
+    }
 }
 
-/// Imagen's output for an input, shaped by a result fault if any.
-fn output(state: &State, input: &ImagenInput, fault: Option<FaultAction>) -> HttpResponse {
-    let (ratio, format) = (input.aspect_ratio, input.output_format);
+/// The model's output for an input, shaped by a result fault if any.
+fn output(
+    state: &State,
+    schema: Schema,
+    input: &ModelInput,
+    fault: Option<FaultAction>,
+) -> HttpResponse {
+    let format = input.output_format;
+    let size = (input.width, input.height);
     let (full, noise) = {
         let cfg = lock(&state.config);
         (cfg.full_size_images, cfg.noise)
     };
-    let (w, h) = dimensions(ratio, full);
+    let (w, h) = dimensions(size, full);
+    let shaped = |images: Vec<ImageFile>| ModelOutput {
+        has_nsfw_concepts: flags_nsfw(schema).then(|| vec![false; images.len()]),
+        images,
+        description: describes(schema).then(String::new),
+        seed: input.output_seed,
+    };
     match fault {
         Some(FaultAction::NoImages) => {
-            let empty = ImagenOutput {
-                images: Vec::new(),
-                description: String::new(),
-            };
-            return fal_json(StatusCode::OK, &empty);
+            return fal_json(StatusCode::OK, &shaped(Vec::new()));
         }
         Some(FaultAction::BadDataUri) => {
             let url = "data:image/png;base64,@@not-base64@@";
@@ -464,12 +531,15 @@ fn output(state: &State, input: &ImagenInput, fault: Option<FaultAction>) -> Htt
     // answer is then a reference count rather than a base64 encode and a JSON
     // serialisation, so a benchmark measures the gateway, not the fake.
     let key = (
-        ratio,
+        schema,
+        size.0,
+        size.1,
         format,
         full,
         noise,
         input.num_images,
         input.sync_mode,
+        input.output_seed,
     );
     if fault.is_none()
         && let Some(body) = lock(&state.answers).get(&key)
@@ -487,7 +557,7 @@ fn output(state: &State, input: &ImagenInput, fault: Option<FaultAction>) -> Htt
             let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
             format!("data:{};base64,{b64}", format.content_type())
         } else {
-            let name = file_name(ratio, format, full, noise, i);
+            let name = file_name(size, format, full, noise, i);
             format!("http://127.0.0.1:{port}/files/{name}")
         };
         images.push(ImageFile {
@@ -499,10 +569,7 @@ fn output(state: &State, input: &ImagenInput, fault: Option<FaultAction>) -> Htt
             height: h,
         });
     }
-    let output = ImagenOutput {
-        images,
-        description: String::new(),
-    };
+    let output = shaped(images);
     match fault {
         None => {
             let Ok(body) = serde_json::to_vec(&output) else {
@@ -527,10 +594,10 @@ async fn file(state: web::Data<State>, req: HttpRequest, name: web::Path<String>
     if let Err(res) = apply_fault(&state, Op::File).await {
         return res;
     }
-    let Some((ratio, format, full, noise, index)) = parse_file_name(&name) else {
+    let Some((size, format, full, noise, index)) = parse_file_name(&name) else {
         return HttpResponse::NotFound().finish();
     };
-    let (w, h) = dimensions(ratio, full);
+    let (w, h) = dimensions(size, full);
     match image_bytes(w, h, format, noise, index) {
         Ok(bytes) => HttpResponse::Ok()
             .content_type(format.content_type())
@@ -566,21 +633,18 @@ mod tests {
 
     #[test]
     fn file_names_round_trip() {
-        for (ratio, format, full, noise, i) in [
-            (AspectRatio::Portrait3x4, OutputFormat::Png, true, 0, 0),
-            (AspectRatio::Landscape16x9, OutputFormat::Webp, false, 24, 3),
+        for (size, format, full, noise, i) in [
+            ((896, 1280), OutputFormat::Png, true, 0, 0),
+            ((1024, 1536), OutputFormat::Jpeg, false, 24, 3),
         ] {
-            let name = file_name(ratio, format, full, noise, i);
-            assert_eq!(
-                parse_file_name(&name),
-                Some((ratio, format, full, noise, i))
-            );
+            let name = file_name(size, format, full, noise, i);
+            assert_eq!(parse_file_name(&name), Some((size, format, full, noise, i)));
         }
         assert_eq!(
-            file_name(AspectRatio::Portrait3x4, OutputFormat::Png, true, 0, 0),
-            "3x4-png-1-0-0.png"
+            file_name((896, 1280), OutputFormat::Png, true, 0, 0),
+            "896x1280-png-1-0-0.png"
         );
-        assert_eq!(parse_file_name("2x1-png-1-0-0.png"), None);
+        assert_eq!(parse_file_name("2x-png-1-0-0.png"), None);
         assert_eq!(parse_file_name("1x1-gif-1-0-0.gif"), None);
     }
 }

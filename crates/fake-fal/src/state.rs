@@ -11,7 +11,9 @@ use actix_web::HttpRequest;
 use bytes::Bytes;
 
 use crate::control::{Call, FakeConfig, Fault, FaultAction, Op};
-use crate::wire::{AspectRatio, ImagenInput, OutputFormat, QueueStatus};
+use crate::endpoints::EndpointMode;
+use crate::models::Schema;
+use crate::wire::{ModelInput, OutputFormat, QueueStatus};
 
 /// A lock that survives a panicked holder (a failed test's handler).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -20,7 +22,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One submitted job.
 pub(crate) struct Job {
-    pub input: ImagenInput,
+    pub input: ModelInput,
+    /// The endpoint's schema, for the shape of its output.
+    pub schema: Schema,
+    /// Time it stays queued when its endpoint is slow (else the config's).
+    pub queue_ms: Option<u64>,
     pub submitted: Instant,
     pub cancelled: bool,
     /// Set when the job failed (a COMPLETED-with-error fault, or its start
@@ -42,9 +48,20 @@ pub(crate) struct Failure {
     pub result_body: String,
 }
 
-/// Result bodies without faults are built once per shape:
-/// (ratio, format, full size, noise, image count, sync mode).
-pub(crate) type AnswerKey = (AspectRatio, OutputFormat, bool, u8, u8, bool);
+/// Result bodies without faults are built once per shape: (endpoint
+/// schema, width, height, format, full size, noise, image count, sync mode,
+/// reported seed).
+pub(crate) type AnswerKey = (
+    Schema,
+    u32,
+    u32,
+    OutputFormat,
+    bool,
+    u8,
+    u8,
+    bool,
+    Option<u64>,
+);
 
 #[derive(Default)]
 pub(crate) struct State {
@@ -57,6 +74,8 @@ pub(crate) struct State {
     /// The port the fake listens on, for the file URLs of its answers.
     pub port: AtomicU16,
     pub answers: Mutex<HashMap<AnswerKey, Bytes>>,
+    /// Per-endpoint behaviour (`crate::endpoints`).
+    pub endpoints: Mutex<HashMap<String, EndpointMode>>,
 }
 
 impl State {
@@ -125,6 +144,7 @@ impl State {
         };
         let mut jobs = lock(&self.jobs);
         let job = jobs.get_mut(id)?;
+        let queue_ms = job.queue_ms.unwrap_or(queue_ms);
         let elapsed = job.submitted.elapsed().as_millis() as u64;
         if let Some(limit) = job.start_timeout
             && job.failed.is_none()
@@ -159,6 +179,7 @@ impl State {
         lock(&self.faults).clear();
         lock(&self.calls).clear();
         lock(&self.jobs).clear();
+        lock(&self.endpoints).clear();
         for count in &self.counts {
             count.store(0, Ordering::SeqCst);
         }

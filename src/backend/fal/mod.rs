@@ -47,7 +47,7 @@ pub mod wire;
 use errors::protocol;
 use fallback::{call_error, classify};
 use transport::{Answer, CallError, CallPolicy, Operation, Repeat, Upstream};
-use wire::{CancelAnswer, ImagenInput, Submitted, app_path, parse_output};
+use wire::{CancelAnswer, Submitted, app_path, model_input, parse_output};
 
 /// How long a client whose deadline passed waits, beyond it, for fal's
 /// answer to the cancel, so its 504 can say what became of the job.
@@ -192,7 +192,7 @@ impl FalBackend {
             .fetch(Operation::Result, &urls.response, ctx)
             .await
             .map_err(|e| settled(e, ctx, finished))?;
-        let images = self
+        let (images, seed) = self
             .images(job, &answer.body, ctx)
             .await
             .map_err(|e| settled(e, ctx, finished))?;
@@ -200,6 +200,7 @@ impl FalBackend {
             images,
             queued: Some(started - submitted_at),
             running: Some(done - started),
+            seed,
         })
     }
 
@@ -329,27 +330,29 @@ impl FalBackend {
         }
     }
 
-    /// The output's images, fetched when fal sent links for a job that
-    /// needs them inline (fal may ignore `sync_mode`). Those downloads are
-    /// plain GETs that never carry the fal key.
+    /// The output's images (and the seed it reports), fetched when fal
+    /// sent links for a job that needs them inline (fal may ignore
+    /// `sync_mode`). Those downloads are plain GETs that never carry the fal
+    /// key.
     async fn images(
         &self,
         job: &Job,
         body: &Bytes,
         ctx: &JobContext,
-    ) -> Result<Vec<super::GeneratedImage>, JobError> {
-        let mut images = parse_output(body).map_err(JobError::Failed)?;
+    ) -> Result<(Vec<super::GeneratedImage>, Option<u64>), JobError> {
+        let output = parse_output(body).map_err(JobError::Failed)?;
+        let mut images = output.images;
         // Never more than were asked for (nor their downloads).
         images.truncate(usize::from(job.num_images));
         if job.delivery == ResponseFormat::B64Json {
             for image in &mut images {
                 if let ImageContent::Url(url) = &image.content {
-                    image.content =
-                        ImageContent::Raw(self.download(url, job.output_format, ctx).await?);
+                    let format = image.format.unwrap_or(job.delivered_format);
+                    image.content = ImageContent::Raw(self.download(url, format, ctx).await?);
                 }
             }
         }
-        Ok(images)
+        Ok((images, output.seed))
     }
 
     /// One image fal linked to, fetched under the SSRF guard of
@@ -427,7 +430,7 @@ impl FalBackend {
             }
             Err(e) => return Err(call_error(Operation::Run, e, ctx)),
         };
-        let images = self
+        let (images, seed) = self
             .images(job, &answer.body, ctx)
             .await
             .map_err(|e| settled(e, ctx, ""))?;
@@ -435,6 +438,7 @@ impl FalBackend {
             images,
             queued: None,
             running: Some(started.elapsed()),
+            seed,
         })
     }
 }
@@ -672,7 +676,7 @@ fn controls(settings: &FalSettings) -> Result<HeaderMap, String> {
 
 /// The JSON body fal receives for `job`.
 fn input_body(job: &Job) -> Result<Bytes, ApiError> {
-    serde_json::to_vec(&ImagenInput::of(job))
+    serde_json::to_vec(&model_input(job))
         .map(Bytes::from)
         .map_err(|_| ApiError::Internal)
 }

@@ -1,42 +1,68 @@
-//! fal's JSON, and only fal's: Imagen 4's input as the model schema names
-//! it, the queue's submit and status answers, and the model output. Base64
-//! image payloads are borrowed from the answer, never copied.
+//! fal's JSON, and only fal's: a model's input as its endpoint's schema names
+//! it (from the job's profile), the queue's submit and status answers, and
+//! the model output. Base64 image payloads are borrowed from the answer,
+//! never copied.
 
 use std::borrow::Cow;
 
 use base64::Engine;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use serde_json::{Map, Value};
 
 use super::errors::protocol;
 use crate::backend::{GeneratedImage, ImageContent};
-use crate::domain::{Job, ResponseFormat};
+use crate::domain::profile::SizeChoice;
+use crate::domain::{Job, OutputFormat, ResponseFormat};
 use crate::error::ApiError;
 
-/// The model input fal receives (Imagen 4's schema).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct ImagenInput<'a> {
-    pub prompt: &'a str,
-    pub aspect_ratio: &'static str,
-    pub num_images: u8,
-    pub output_format: &'static str,
-    /// Data URIs in the answer instead of CDN URLs.
-    pub sync_mode: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u32>,
-}
-
-impl<'a> ImagenInput<'a> {
-    pub fn of(job: &'a Job) -> Self {
-        Self {
-            prompt: &job.prompt,
-            aspect_ratio: job.aspect_ratio.as_str(),
-            num_images: job.num_images,
-            output_format: job.output_format.as_str(),
-            sync_mode: job.delivery == ResponseFormat::B64Json,
-            seed: job.seed,
+/// The model input fal receives, in the job's endpoint's own terms (its
+/// profile): `prompt`, the size as that endpoint takes it (`aspect_ratio`,
+/// or `image_size` as a preset or `{width, height}`), `resolution`,
+/// `num_images`, `output_format`, `sync_mode`, `seed`, `safety_tolerance`,
+/// then the profile's fixed extra fields. Fields the endpoint lacks are
+/// left out.
+pub fn model_input(job: &Job) -> Map<String, Value> {
+    let mut input = Map::new();
+    input.insert("prompt".into(), Value::from(&*job.prompt));
+    match &job.size {
+        SizeChoice::AspectRatio(ratio) => {
+            input.insert("aspect_ratio".into(), Value::from(ratio.as_str()));
+        }
+        SizeChoice::Preset(name) => {
+            input.insert("image_size".into(), Value::from(name.as_str()));
+        }
+        SizeChoice::Custom { width, height } => {
+            input.insert(
+                "image_size".into(),
+                serde_json::json!({"width": width, "height": height}),
+            );
         }
     }
+    if let Some(tier) = &job.resolution {
+        input.insert("resolution".into(), Value::from(tier.as_str()));
+    }
+    if job.profile.input.num_images_field {
+        input.insert("num_images".into(), Value::from(job.num_images));
+    }
+    if let Some(format) = job.output_format {
+        input.insert("output_format".into(), Value::from(format.as_str()));
+    }
+    input.insert(
+        "sync_mode".into(),
+        Value::from(job.delivery == ResponseFormat::B64Json),
+    );
+    if let Some(seed) = job.seed {
+        input.insert("seed".into(), Value::from(seed));
+    }
+    if let Some(tolerance) = &job.safety_tolerance {
+        input.insert("safety_tolerance".into(), Value::from(tolerance.as_str()));
+    }
+    for (key, value) in &job.profile.input.extra {
+        input.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+    input
 }
 
 /// The queue's answer to a submit. The URLs are followed only when they
@@ -86,6 +112,8 @@ pub fn app_path(endpoint: &str) -> &str {
 struct Output<'a> {
     #[serde(borrow)]
     images: Option<Vec<OutputImage<'a>>>,
+    /// The seed used, on endpoints that say (FLUX, Seedream).
+    seed: Option<serde_json::Number>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +122,14 @@ struct OutputImage<'a> {
     url: Option<Text<'a>>,
     width: Option<u32>,
     height: Option<u32>,
+    content_type: Option<&'a str>,
+}
+
+/// The model output: its images, and the seed it reports using.
+#[derive(Debug)]
+pub struct ParsedOutput {
+    pub images: Vec<GeneratedImage>,
+    pub seed: Option<u64>,
 }
 
 /// A JSON string borrowed from the answer when it has no escapes (always,
@@ -123,19 +159,29 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// Imagen's output to images: data URIs become zero-copy base64 slices of
-/// `body`, anything else must be an http(s) URL.
-pub fn parse_output(body: &Bytes) -> Result<Vec<GeneratedImage>, ApiError> {
+/// A model's output to images: data URIs become zero-copy base64 slices of
+/// `body`, anything else must be an http(s) URL. Each image's format is
+/// read from its `content_type` (or the data URI's) when one is given.
+pub fn parse_output(body: &Bytes) -> Result<ParsedOutput, ApiError> {
     let output: Output<'_> = serde_json::from_slice(body)
         .map_err(|_| protocol("a result that is not the expected JSON"))?;
+    let seed = output.seed.and_then(|n| n.as_u64());
     let images = output.images.unwrap_or_default();
     if images.is_empty() {
         return Err(protocol("a result without images"));
     }
-    images
+    let images = images
         .into_iter()
         .map(|img| {
             let url = img.url.ok_or_else(|| protocol("an image without url"))?.0;
+            let format = img
+                .content_type
+                .and_then(format_of_content_type)
+                .or_else(|| {
+                    url.strip_prefix("data:")
+                        .and_then(|rest| rest.split([';', ',']).next())
+                        .and_then(format_of_content_type)
+                });
             let content = if let Some(rest) = url.strip_prefix("data:") {
                 let (meta, payload) = rest
                     .split_once(',')
@@ -165,9 +211,21 @@ pub fn parse_output(body: &Bytes) -> Result<Vec<GeneratedImage>, ApiError> {
                 content,
                 width: img.width,
                 height: img.height,
+                format,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(ParsedOutput { images, seed })
+}
+
+/// `image/png` -> PNG; anything unknown -> `None`.
+fn format_of_content_type(content_type: &str) -> Option<OutputFormat> {
+    match content_type.trim().to_ascii_lowercase().as_str() {
+        "image/png" => Some(OutputFormat::Png),
+        "image/jpeg" | "image/jpg" => Some(OutputFormat::Jpeg),
+        "image/webp" => Some(OutputFormat::Webp),
+        _ => None,
+    }
 }
 
 /// Standard padded base64, as OpenAI clients decode it. Valid input is
@@ -216,24 +274,25 @@ mod tests {
     use super::*;
     use crate::openai::validate::plan_json;
 
+    fn input(json: &str, job: usize) -> Value {
+        Value::Object(model_input(&plan_json(json).unwrap().jobs()[job]))
+    }
+
     #[test]
     fn a_request_maps_to_the_exact_fal_input() {
-        let plan = plan_json(
-            r#"{"model":"imagen-4-fast","prompt":"a lighthouse at dusk","size":"1792x1024",
-                "n":6,"response_format":"b64_json","output_format":"webp","seed":7}"#,
-        )
-        .unwrap();
-        let jobs = plan.jobs();
+        let body = r#"{"model":"imagen-4-fast","prompt":"a lighthouse at dusk","size":"1792x1024",
+                "n":6,"response_format":"b64_json","output_format":"webp","seed":7}"#;
+        let jobs = plan_json(body).unwrap().jobs();
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].endpoint.full(), "fal-ai/imagen4/preview/fast");
         assert_eq!(jobs[0].endpoint.app(), "fal-ai/imagen4");
         assert_eq!(
-            serde_json::to_value(ImagenInput::of(&jobs[0])).unwrap(),
+            input(body, 0),
             serde_json::json!({"prompt":"a lighthouse at dusk","aspect_ratio":"16:9","num_images":4,
                                "output_format":"webp","sync_mode":true,"seed":7})
         );
         assert_eq!(
-            serde_json::to_value(ImagenInput::of(&jobs[1])).unwrap(),
+            input(body, 1),
             serde_json::json!({"prompt":"a lighthouse at dusk","aspect_ratio":"16:9","num_images":2,
                                "output_format":"webp","sync_mode":true,"seed":11})
         );
@@ -255,11 +314,53 @@ mod tests {
 
     #[test]
     fn defaults_are_one_square_png_by_url_without_seed() {
-        let plan = plan_json(r#"{"prompt":"x"}"#).unwrap();
         assert_eq!(
-            serde_json::to_value(ImagenInput::of(&plan.jobs()[0])).unwrap(),
+            input(r#"{"prompt":"x"}"#, 0),
             serde_json::json!({"prompt":"x","aspect_ratio":"1:1","num_images":1,
                                "output_format":"png","sync_mode":false})
+        );
+    }
+
+    #[test]
+    fn each_endpoint_gets_its_own_schema() {
+        // Imagen 4 standard: 2K for a large size, safety_tolerance for moderation low.
+        assert_eq!(
+            input(
+                r#"{"prompt":"x","model":"imagen-4","size":"1792x1024","moderation":"low"}"#,
+                0
+            ),
+            serde_json::json!({"prompt":"x","aspect_ratio":"16:9","resolution":"2K","num_images":1,
+                               "output_format":"png","sync_mode":false,"safety_tolerance":"5"})
+        );
+        // nano-banana-2: its own 3:2 and its resolution tier.
+        assert_eq!(
+            input(
+                r#"{"prompt":"x","model":"nano-banana-2","size":"1536x1024","n":2}"#,
+                0
+            ),
+            serde_json::json!({"prompt":"x","aspect_ratio":"3:2","resolution":"1K","num_images":2,
+                               "output_format":"png","sync_mode":false})
+        );
+        // FLUX: a 2:3 request is an explicit image_size; jpeg is its own.
+        assert_eq!(
+            input(
+                r#"{"prompt":"x","model":"flux-schnell","size":"1024x1536","output_format":"jpeg","seed":3}"#,
+                0
+            ),
+            serde_json::json!({"prompt":"x","image_size":{"width":1024,"height":1536},"num_images":1,
+                               "output_format":"jpeg","sync_mode":false,"seed":3})
+        );
+        // FLUX.2 pro: no num_images field at all.
+        assert_eq!(
+            input(r#"{"prompt":"x","model":"flux-2-pro","n":2}"#, 1),
+            serde_json::json!({"prompt":"x","image_size":{"width":1024,"height":1024},
+                               "output_format":"png","sync_mode":false})
+        );
+        // Seedream: no output_format field, a fixed max_images, the pixel floor.
+        assert_eq!(
+            input(r#"{"prompt":"x","model":"seedream-4","size":"512x512"}"#, 0),
+            serde_json::json!({"prompt":"x","image_size":{"width":960,"height":960},"num_images":1,
+                               "sync_mode":false,"max_images":1})
         );
     }
 
@@ -268,7 +369,10 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"images":[{"url":"data:image/png;base64,aGVsbG8=","width":1024,"height":1024},{"url":"https://v3.fal.media/files/x.png"}],"description":""}"#,
         );
-        let images = parse_output(&body).unwrap();
+        let output = parse_output(&body).unwrap();
+        let images = output.images;
+        assert_eq!(output.seed, None);
+        assert_eq!(images[0].format, Some(OutputFormat::Png));
         match &images[0].content {
             ImageContent::Base64(b) => {
                 assert_eq!(&b[..], b"aGVsbG8=");
@@ -284,6 +388,13 @@ mod tests {
         assert!(
             matches!(&images[1].content, ImageContent::Url(u) if u == "https://v3.fal.media/files/x.png")
         );
+        assert_eq!(images[1].format, None);
+        let flux = Bytes::from_static(
+            br#"{"images":[{"url":"https://v3.fal.media/files/y.jpg","content_type":"image/jpeg","width":1024,"height":1536}],"seed":1234567890123,"has_nsfw_concepts":[false]}"#,
+        );
+        let output = parse_output(&flux).unwrap();
+        assert_eq!(output.seed, Some(1_234_567_890_123));
+        assert_eq!(output.images[0].format, Some(OutputFormat::Jpeg));
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! A model's chain of endpoints at work: the request is planned on the first
+//! endpoint that may serve it and, when that endpoint cannot (it is gone,
+//! failing, out of capacity, or its job did not start in time: see
+//! [`Fallback`]), re-planned and run on the next, within the same request
+//! deadline. Never on the client's own errors, a cancel, a passed deadline,
+//! or once a job produced images (those errors arrive unmarked).
+//!
+//! Endpoints past their sunset date are skipped. An endpoint that answered
+//! "gone" is skipped for `models.gone_skip_seconds` ([`GoneEndpoints`]), so
+//! later requests do not pay for the probe; `/readyz` lists it meanwhile.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::GenerationService;
+use crate::domain::{Date, EndpointProfile, Generation, GenerationPlan};
+use crate::error::{ApiError, Fallback};
+use crate::metrics::FallbackReason;
+
+/// What an operator can do about an endpoint that is gone.
+pub const GONE_HINT: &str = "configure a successor: models.successors = \"behind\" (Imagen 4's successors on fal), or more endpoints in the model's models.catalog entry; see docs/models.md";
+
+/// Endpoints that answered "gone", each skipped until a moment.
+pub struct GoneEndpoints {
+    until: Mutex<HashMap<String, Instant>>,
+    skip: Duration,
+}
+
+impl GoneEndpoints {
+    pub fn new(skip: Duration) -> Self {
+        Self {
+            until: Mutex::new(HashMap::new()),
+            skip,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.until.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn mark(&self, endpoint: &str) {
+        self.lock()
+            .insert(endpoint.to_owned(), Instant::now() + self.skip);
+    }
+
+    pub fn is_gone(&self, endpoint: &str) -> bool {
+        let mut map = self.lock();
+        match map.get(endpoint) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                map.remove(endpoint);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Every endpoint marked now, with the seconds until it is tried again.
+    pub fn list(&self) -> Vec<(String, u64)> {
+        let now = Instant::now();
+        let mut all: Vec<(String, u64)> = self
+            .lock()
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(e, until)| (e.clone(), until.duration_since(now).as_secs().max(1)))
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+impl GenerationService {
+    /// Serve `plan` from its model's chain: each usable endpoint in turn
+    /// until one produces the images or fails in a way the next would not
+    /// fix.
+    pub(super) async fn produce(
+        &self,
+        plan: &GenerationPlan,
+        token: &CancellationToken,
+        deadline: Instant,
+    ) -> Result<Generation, ApiError> {
+        let model = plan.model.id.as_str();
+        let today = Date::today();
+        let chain: Vec<&Arc<EndpointProfile>> = plan
+            .model
+            .chain
+            .iter()
+            .filter(|p| {
+                let sunset = p.lifecycle.is_sunset(today);
+                if sunset {
+                    self.count_fallback(model, p, FallbackReason::Sunset);
+                }
+                !sunset
+            })
+            .collect();
+        let mut gone: Vec<&Arc<EndpointProfile>> = Vec::new();
+        let mut last_error = None;
+        for (i, profile) in chain.iter().enumerate() {
+            let endpoint = profile.endpoint.full();
+            if self.gone.is_gone(endpoint) {
+                self.count_fallback(model, profile, FallbackReason::MarkedGone);
+                gone.push(profile);
+                continue;
+            }
+            let next = chain[i + 1..]
+                .iter()
+                .any(|p| !self.gone.is_gone(p.endpoint.full()));
+            let mut on_endpoint = plan.for_endpoint(profile);
+            if next {
+                for job in &mut on_endpoint.jobs {
+                    job.start_timeout = Some(self.start_timeout);
+                }
+            }
+            let error = match self.produce_on(plan, &on_endpoint, token, deadline).await {
+                Ok(generation) => return Ok(generation),
+                Err(e) => e,
+            };
+            let Some(reason) = error.fallback() else {
+                return Err(error.into_cause());
+            };
+            if token.is_cancelled() || Instant::now() >= deadline {
+                return Err(error.into_cause());
+            }
+            self.count_fallback(model, profile, FallbackReason::from(reason));
+            if reason == Fallback::Gone {
+                self.gone.mark(endpoint);
+                gone.push(profile);
+                tracing::warn!(
+                    model,
+                    endpoint,
+                    skip_seconds = self.gone_skip.as_secs(),
+                    "fal endpoint is gone (404/410 at submit); to keep serving this model, {GONE_HINT}"
+                );
+            } else if next {
+                tracing::warn!(
+                    model,
+                    endpoint,
+                    reason = reason.as_str(),
+                    "fal endpoint could not serve; trying the next endpoint of the chain"
+                );
+            }
+            last_error = Some(error);
+        }
+        Err(exhausted(plan, &chain, &gone, last_error))
+    }
+}
+
+/// The client's error when no endpoint of the chain served.
+fn exhausted(
+    plan: &GenerationPlan,
+    chain: &[&Arc<EndpointProfile>],
+    gone: &[&Arc<EndpointProfile>],
+    last_error: Option<ApiError>,
+) -> ApiError {
+    let model = &plan.model.id;
+    if chain.is_empty() {
+        return ApiError::Upstream {
+            message: format!(
+                "Every endpoint serving the model `{model}` is past its sunset date; the gateway's operator must configure another (see GET /v1/models/{model})."
+            ),
+        };
+    }
+    let last_gone = last_error
+        .as_ref()
+        .is_none_or(|e| e.fallback() == Some(Fallback::Gone));
+    if last_gone && let Some(retired) = gone.last() {
+        let names: Vec<&str> = gone.iter().map(|p| p.endpoint.full()).collect();
+        return ApiError::Upstream {
+            message: format!(
+                "The model `{model}` is served by the fal endpoint `{}`, which fal no longer serves (it answered 404/410){}. The gateway's operator can {GONE_HINT}.",
+                retired.endpoint.full(),
+                if names.len() > 1 {
+                    format!("; nor do {}", names[..names.len() - 1].join(", "))
+                } else {
+                    String::new()
+                }
+            ),
+        };
+    }
+    last_error.map_or(ApiError::Internal, ApiError::into_cause)
+}
+
+impl From<Fallback> for FallbackReason {
+    fn from(reason: Fallback) -> Self {
+        match reason {
+            Fallback::Gone => FallbackReason::Gone,
+            Fallback::Failing => FallbackReason::Failing,
+            Fallback::Capacity => FallbackReason::Capacity,
+            Fallback::StartTimeout => FallbackReason::StartTimeout,
+        }
+    }
+}
+
+impl GenerationService {
+    fn count_fallback(&self, model: &str, profile: &EndpointProfile, reason: FallbackReason) {
+        self.metrics
+            .fallbacks
+            .with_label_values(&[model, profile.endpoint.full(), reason.as_str()])
+            .inc();
+    }
+
+    /// Endpoints marked gone now, with the seconds until they are tried
+    /// again.
+    pub fn gone_endpoints(&self) -> Vec<(String, u64)> {
+        self.gone.list()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gone_endpoint_is_skipped_for_a_while() {
+        let gone = GoneEndpoints::new(Duration::from_millis(300));
+        assert!(!gone.is_gone("fal-ai/x"));
+        gone.mark("fal-ai/x");
+        assert!(gone.is_gone("fal-ai/x"));
+        assert!(!gone.is_gone("fal-ai/y"));
+        assert_eq!(gone.list(), [("fal-ai/x".to_owned(), 1)]);
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(!gone.is_gone("fal-ai/x"));
+        assert!(gone.list().is_empty());
+    }
+}
