@@ -212,7 +212,179 @@ impl GenerationService {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use futures_util::future::BoxFuture;
+    use tokio_util::task::TaskTracker;
+
     use super::*;
+    use crate::backend::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
+    use crate::cache::CacheDirectives;
+    use crate::config::{ModelSettings, Successors};
+    use crate::domain::{BackendKind, Job};
+    use crate::files::FileStore;
+    use crate::metrics::Metrics;
+    use crate::openai::{PlanLimits, parse_generation_body, plan};
+    use crate::service::limiter::JobLimiter;
+    use crate::service::{Pending, ServiceParts};
+
+    /// A backend that fails the jobs `fails` picks (after `delay`) and
+    /// makes the others' images at once, recording (endpoint, images).
+    struct Scripted {
+        fails: fn(&Job) -> Option<ApiError>,
+        delay: Duration,
+        calls: StdMutex<Vec<(String, u8)>>,
+    }
+
+    impl ImageBackend for Scripted {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Fal
+        }
+
+        fn generate<'a>(
+            &'a self,
+            job: &'a Job,
+            _ctx: &'a JobContext,
+        ) -> BoxFuture<'a, Result<JobOutput, ApiError>> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((job.endpoint.full().to_owned(), job.num_images));
+            Box::pin(async move {
+                if let Some(e) = (self.fails)(job) {
+                    tokio::time::sleep(self.delay).await;
+                    return Err(e);
+                }
+                let image = GeneratedImage {
+                    content: ImageContent::Url("https://v3.fal.media/files/x.png".into()),
+                    width: Some(job.expected_size.0),
+                    height: Some(job.expected_size.1),
+                    format: None,
+                };
+                Ok(JobOutput {
+                    images: vec![image; usize::from(job.num_images)],
+                    queued: None,
+                    running: None,
+                    seed: None,
+                })
+            })
+        }
+    }
+
+    fn service(backend: Arc<Scripted>) -> Arc<GenerationService> {
+        let metrics = Arc::new(Metrics::new());
+        GenerationService::new(ServiceParts {
+            backend,
+            files: Arc::new(FileStore::new(1 << 20, Duration::from_secs(60))),
+            cache: None,
+            shared_cache: None,
+            cache_seeded_only: false,
+            limiter: JobLimiter::new(8, 8, metrics.clone()),
+            metrics,
+            request_timeout: Duration::from_secs(30),
+            gone_skip: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(10),
+            runtime: tokio::runtime::Handle::current(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    async fn generate(
+        service: &Arc<GenerationService>,
+        body: &str,
+    ) -> Result<Arc<Generation>, ApiError> {
+        let settings = ModelSettings {
+            successors: Successors::Behind,
+            ..ModelSettings::default()
+        };
+        let catalog = settings.catalog().unwrap();
+        let parsed = parse_generation_body(body.as_bytes()).unwrap();
+        let limits = PlanLimits {
+            max_prompt_chars: 1000,
+        };
+        let plan = plan(&parsed.request, vec![], &catalog, limits).unwrap();
+        let (pending, _) = service
+            .begin(&plan, None, CacheDirectives::default())
+            .await?;
+        match pending {
+            Pending::Ready(g) => Ok(g),
+            Pending::Waiting(w) => w.wait().await,
+        }
+    }
+
+    fn failing() -> ApiError {
+        ApiError::Upstream {
+            message: "fal failed".into(),
+        }
+        .unavailable(Fallback::Failing)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn images_once_made_are_never_made_again_by_the_next_endpoint() {
+        // Of Imagen's two jobs (4 + 1), the single one fails after the
+        // other made its images.
+        let backend = Arc::new(Scripted {
+            fails: |job| (job.num_images == 1).then(failing),
+            delay: Duration::from_millis(100),
+            calls: StdMutex::new(Vec::new()),
+        });
+        let service = service(backend.clone());
+
+        let e = generate(&service, r#"{"prompt":"x","n":5}"#)
+            .await
+            .unwrap_err();
+
+        assert!(matches!(e, ApiError::Upstream { .. }), "{e:?}");
+        assert_eq!(e.fallback(), None, "the client sees the plain cause");
+        let calls = backend.calls.lock().unwrap().clone();
+        assert!(
+            calls
+                .iter()
+                .all(|(e, _)| e == "fal-ai/imagen4/preview/fast"),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_endpoint_gets_a_plan_of_its_own() {
+        let backend = Arc::new(Scripted {
+            fails: |job| {
+                (job.endpoint.full() == "fal-ai/imagen4/preview/fast").then(|| {
+                    ApiError::Upstream {
+                        message: "gone".into(),
+                    }
+                    .unavailable(Fallback::Gone)
+                })
+            },
+            delay: Duration::ZERO,
+            calls: StdMutex::new(Vec::new()),
+        });
+        let service = service(backend.clone());
+
+        let g = generate(&service, r#"{"prompt":"x","n":5,"size":"1536x1024"}"#)
+            .await
+            .unwrap();
+
+        assert_eq!(&*g.endpoint, "fal-ai/nano-banana-2");
+        assert_eq!(g.size, "1264x848");
+        assert_eq!(g.images.len(), 5);
+        let mut on_nb2: Vec<u8> = backend
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(e, _)| e == "fal-ai/nano-banana-2")
+            .map(|(_, n)| *n)
+            .collect();
+        on_nb2.sort();
+        assert_eq!(on_nb2, [1, 4]);
+        assert_eq!(service.gone_endpoints()[0].0, "fal-ai/imagen4/preview/fast");
+        // Marked gone: the next request goes straight to the successor.
+        let before = backend.calls.lock().unwrap().len();
+        generate(&service, r#"{"prompt":"y"}"#).await.unwrap();
+        let calls = backend.calls.lock().unwrap().clone();
+        assert_eq!(calls[before..], [("fal-ai/nano-banana-2".to_owned(), 1)]);
+    }
 
     #[test]
     fn a_gone_endpoint_is_skipped_for_a_while() {

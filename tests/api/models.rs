@@ -487,3 +487,29 @@ async fn the_offline_backend_delivers_the_sizes_the_endpoint_would() {
     }
     assert!(app.fal.calls().is_empty());
 }
+
+#[actix_web::test]
+async fn a_stream_names_the_endpoint_that_served_in_its_completed_event() {
+    let app = behind().await;
+    app.fal.set_endpoint(IMAGEN_FAST, EndpointMode::Gone410);
+
+    let res = app
+        .post_generation(json!({"prompt":"x","stream":true,"size":"1536x1024"}))
+        .await;
+
+    assert_eq!(res.status(), 200);
+    // Sent before the images exist: the endpoint the chain tries first.
+    assert_eq!(
+        header(res.headers(), "x-image-gateway-endpoint"),
+        Some(IMAGEN_FAST)
+    );
+    let text = res.text().await.unwrap();
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a completed event");
+    let event: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(event["type"], "image_generation.completed");
+    assert_eq!(event["endpoint"], NANO_BANANA_2);
+    assert_eq!(event["size"], "1264x848");
+}
