@@ -445,7 +445,12 @@ impl ResponseError for ApiError {
                 res.insert_header((name, value));
             }
         }
-        res.body(self.body_json())
+        let mut res = res.body(self.body_json());
+        if let ApiError::ClientClosedRequest = self {
+            // 499 has no standard reason phrase; nginx's is this.
+            res.head_mut().reason = Some("Client Closed Request");
+        }
+        res
     }
 }
 

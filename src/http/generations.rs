@@ -70,7 +70,7 @@ pub async fn create(
             count_answer(&state, &plan, g);
         }
         generation_headers(&mut head, &plan, status, backend, ready);
-        let client_gone = disconnect::closed(&req);
+        let client_gone = disconnect::closed(&req, disconnect::Watch::DuringAnswer);
         let metrics = (ready.is_none()).then(|| state.metrics.clone());
         let answer: stream::Answer = match pending {
             Pending::Ready(g) => Box::pin(futures_util::future::ready(Ok(g))),
@@ -94,7 +94,7 @@ pub async fn create(
             // two epoll calls and a close): a cache hit is answered at once.
             Pending::Waiting(waiter) => tokio::select! {
                 (generation, status) = state.service.settle(waiter, status) => (generation?, status),
-                () = disconnect::closed(&req) => return Err(ApiError::ClientClosedRequest),
+                () = disconnect::closed(&req, disconnect::Watch::BeforeAnswer) => return Err(ApiError::ClientClosedRequest),
             },
         };
         count_answer(&state, &plan, &generation);

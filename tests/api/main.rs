@@ -5,6 +5,7 @@
 mod helpers;
 
 mod cache;
+mod connections;
 mod dashboards;
 mod generations;
 mod hostile;
