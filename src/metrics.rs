@@ -247,6 +247,8 @@ families! {
         ["limit"], zeros = RateLimit;
     client_disconnects: IntCounter = "image_gateway_client_disconnects_total",
         "Clients that went away before their generation finished.";
+    client_write_timeouts: IntCounter = "image_gateway_client_write_timeouts_total",
+        "Connections closed because the client stopped reading its answer for server.client_write_timeout_seconds.";
     cache_lookups: IntCounterVec = "image_gateway_cache_lookups_total",
         "Generation requests by cache result: hit (from this replica's memory or the shared Redis cache; see image_gateway_l2_cache_lookups_total), miss, coalesced (joined an identical job in flight, here or on another replica) or bypass (no-cache, or cache disabled).",
         ["result"], zeros = CacheResult;

@@ -13,11 +13,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::domain::{BackendKind, Date};
 use crate::http::AppState;
-use crate::http::middleware::{edge, require_key};
+use crate::http::middleware::edge;
 use crate::http::{routes, unsupported};
 use crate::metrics::Metrics;
 use crate::service::GenerationService;
 
+mod listener;
 mod shutdown;
 mod wiring;
 
@@ -112,7 +113,7 @@ impl Application {
             0 => cores,
             n => n,
         };
-        let server = api_server(&settings, state.clone(), listener, workers, grace)?;
+        let server = listener::api_server(&settings, state.clone(), listener, workers, grace)?;
         let (admin, admin_port) = match admin_listener(&settings)? {
             Some(listener) => {
                 let admin_port = listener.local_addr().map(|a| a.port()).ok();
@@ -156,43 +157,6 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         shutdown::serve_until_stopped(self.server, self.admin, &self.service, self.grace).await
     }
-}
-
-/// The API listener: every route, behind the edge and auth middleware.
-fn api_server(
-    settings: &Settings,
-    state: web::Data<AppState>,
-    listener: TcpListener,
-    workers: usize,
-    grace: Duration,
-) -> Result<Server, StartupError> {
-    let serve_metrics = settings.metrics.enabled && settings.metrics.listen.is_empty();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(from_fn(require_key))
-            .wrap(from_fn(edge))
-            .configure(|cfg| routes::configure(cfg, serve_metrics))
-            .default_service(web::to(unsupported::not_found))
-    })
-    .on_connect(crate::http::disconnect::on_connect)
-    .workers(workers)
-    .keep_alive(Duration::from_secs(settings.server.keep_alive_seconds))
-    .client_request_timeout(Duration::from_millis(
-        settings.server.client_header_timeout_ms,
-    ))
-    .client_disconnect_timeout(Duration::from_secs(1))
-    // actix's own hard stop comes a little after our grace period, which
-    // cancels the remaining generations first (see `shutdown`).
-    .shutdown_timeout(grace.as_secs() + SHUTDOWN_MARGIN_SECONDS)
-    .disable_signals()
-    .listen(listener)
-    .map_err(|source| StartupError::Bind {
-        what: "server.listen",
-        addr: settings.server.listen.clone(),
-        source,
-    })?;
-    Ok(server.run())
 }
 
 /// The admin listener's socket, when `/metrics` has an address of its own.

@@ -35,6 +35,12 @@ pub struct ServerSettings {
     /// Interval of SSE comment keep-alives on `stream: true` answers while
     /// the image is generated (keeps proxies from closing idle streams).
     pub stream_keepalive_seconds: u64,
+    /// Client connections open at once; past this, new connections wait in
+    /// the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Time a write to a client may stall (the client stopped reading its
+    /// answer) before the connection is closed and the answer let go.
+    pub client_write_timeout_seconds: u64,
 }
 
 impl Default for ServerSettings {
@@ -51,6 +57,8 @@ impl Default for ServerSettings {
             keep_alive_seconds: 75,
             shutdown_grace_seconds: 30,
             stream_keepalive_seconds: 10,
+            max_connections: 4_096,
+            client_write_timeout_seconds: 30,
         }
     }
 }

@@ -44,6 +44,9 @@ pub(crate) const RANGES: &[Range] = &[
     range("server.keep_alive_seconds", 0, HOUR),
     range("server.shutdown_grace_seconds", 0, HOUR),
     range("server.stream_keepalive_seconds", 1, HOUR),
+    // Each costs memory (buffers) and a file descriptor.
+    range("server.max_connections", 1, 1_000_000),
+    range("server.client_write_timeout_seconds", 1, HOUR),
     range("fal.poll_initial_delay_ms", 0, MINUTE * 1000),
     range("fal.poll_max_delay_ms", 1, 10 * MINUTE * 1000),
     range("fal.max_retries", 0, 20),

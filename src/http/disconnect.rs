@@ -16,7 +16,6 @@
 //! A stream never gets the probe (its answer has begun): its keep-alive
 //! comments meet the reset instead.
 
-use std::any::Any;
 use std::future::Future;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
@@ -35,11 +34,9 @@ const PROBE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// How often a half-closed (or probed) socket is looked at again.
 const RECHECK: Duration = Duration::from_millis(100);
 
-/// `HttpServer::on_connect` hook: remember the connection's socket.
-pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        ext.insert(PeerSocket(tcp.as_raw_fd()));
-    }
+/// The server's on-connect hook: remember the connection's socket.
+pub fn on_connect(conn: &impl AsRawFd, ext: &mut Extensions) {
+    ext.insert(PeerSocket(conn.as_raw_fd()));
 }
 
 /// How to tell a hang-up from a half-close at end-of-file.

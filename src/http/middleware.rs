@@ -34,7 +34,7 @@ fn valid_request_id(v: &HeaderValue) -> Option<&str> {
 /// 128 random bits in OpenAI's `req_<32 hex>` shape. A request id is a
 /// label, not a secret, so it comes from the thread-local fastrand generator
 /// rather than a getrandom(2) system call per request (as `Uuid::new_v4` does).
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     format!("req_{:032x}", fastrand::u128(..))
 }
 

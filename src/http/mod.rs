@@ -2,6 +2,7 @@
 //! middleware every request passes, and one handler per file.
 
 pub mod body;
+pub mod connection;
 pub mod disconnect;
 pub mod files;
 pub mod generations;
