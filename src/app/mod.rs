@@ -11,7 +11,7 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::domain::{BackendKind, Date};
+use crate::domain::{BackendKind, Date, date};
 use crate::http::AppState;
 use crate::http::middleware::edge;
 use crate::http::{routes, unsupported};
@@ -228,7 +228,7 @@ fn log_start(settings: &Settings, kind: BackendKind, state: &AppState) {
         version = env!("CARGO_PKG_VERSION"),
         "image-gateway starting"
     );
-    warn_lifecycle(state, Date::today());
+    warn_lifecycle(state, date::today());
 }
 
 /// A warning per model past its `deprecated` date (its answers carry

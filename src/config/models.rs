@@ -12,7 +12,7 @@ use super::ConfigError;
 use super::choice::choice;
 use super::profiles::ProfileEntry;
 use crate::domain::builtin::{self, SUCCESSORS};
-use crate::domain::{Date, EndpointId, EndpointProfile, Lifecycle, Model, ModelCatalog};
+use crate::domain::{Date, EndpointId, EndpointProfile, Lifecycle, Model, ModelCatalog, date};
 
 /// One public model and the fal endpoints that serve it, in order.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -243,7 +243,7 @@ impl ModelSettings {
             let date = |what: &str, text: &Option<String>| -> Result<Option<Date>, ConfigError> {
                 match text.as_deref().map(str::trim) {
                     None | Some("") => Ok(None),
-                    Some(t) => Date::parse(t).map(Some).ok_or_else(|| {
+                    Some(t) => date::parse(t).map(Some).ok_or_else(|| {
                         ConfigError::new(
                             KEY,
                             format!(
@@ -363,7 +363,7 @@ endpoint = "fal-ai/imagen4/preview"
         let fast = catalog.resolve("gpt-image-1").unwrap();
         assert_eq!(fast.chain.len(), 2);
         assert_eq!(fast.chain[1].endpoint.full(), "fal-ai/nano-banana-2");
-        assert_eq!(fast.lifecycle.deprecated, Date::parse("2026-07-17"));
+        assert_eq!(fast.lifecycle.deprecated, date::parse("2026-07-17"));
         assert_eq!(catalog.resolve("old").unwrap().chain.len(), 1);
     }
 
@@ -399,7 +399,7 @@ default = "painter"
         let nb2 = catalog.profile("fal-ai/nano-banana-2").unwrap();
         assert_eq!(nb2.price.image_cost(None, 1024, 1024).usd_string(), "0.07");
         assert_eq!(nb2.price.image_cost(Some("2K"), 1, 1).usd_string(), "0.11");
-        assert_eq!(nb2.lifecycle.sunset, Date::parse("2027-03-01"));
+        assert_eq!(nb2.lifecycle.sunset, date::parse("2027-03-01"));
         assert_eq!(
             nb2.input.max_images, 4,
             "untouched keys keep the built-in facts"

@@ -11,7 +11,7 @@ use crate::domain::profile::{
     InputSchema, Preset, RatioOption, SeedSupport, SizeInput, SizeLimits, Tier,
 };
 use crate::domain::{
-    Date, EndpointId, EndpointProfile, Lifecycle, MicroUsd, OutputFormat, Price, PriceUnit,
+    Date, EndpointId, EndpointProfile, Lifecycle, MicroUsd, OutputFormat, Price, PriceUnit, date,
 };
 
 const KEY: &str = "models.profiles";
@@ -160,7 +160,7 @@ fn parse_date(endpoint: &str, what: &str, text: &str) -> Result<Option<Date>, Co
     if text.trim().is_empty() {
         return Ok(None);
     }
-    Date::parse(text).map(Some).ok_or_else(|| {
+    date::parse(text).map(Some).ok_or_else(|| {
         error(
             endpoint,
             format!("`{what}` = `{text}` is not a date like 2026-07-17"),

@@ -15,7 +15,7 @@
 //! not called from here.
 
 use super::catalog::EndpointId;
-use super::date::Date;
+use super::date::{self, Date};
 use super::formats::OutputFormat;
 use super::money::MicroUsd;
 use super::profile::{
@@ -55,7 +55,7 @@ const PRICE_SOURCE: &str = "fal model pages and client types (Apr/Aug 2026), via
 
 fn day(text: &str) -> Date {
     // The constants above are valid dates (a unit test parses each).
-    Date::parse(text).unwrap_or_else(|| Date::from_unix_seconds(0))
+    date::parse(text).unwrap_or(time::macros::date!(1970 - 01 - 01))
 }
 
 fn usd(micros: u64) -> MicroUsd {
@@ -389,7 +389,7 @@ mod tests {
 
     #[test]
     fn every_built_in_profile_is_well_formed() {
-        assert!(Date::parse(CHECKED).is_some() && Date::parse(IMAGEN_DEPRECATED).is_some());
+        assert!(date::parse(CHECKED).is_some() && date::parse(IMAGEN_DEPRECATED).is_some());
         let all = profiles();
         assert_eq!(all.len(), 9, "a built-in endpoint id failed to parse");
         for p in &all {

@@ -736,7 +736,7 @@ mod tests {
     fn price(unit: PriceUnit) -> Price {
         Price {
             unit,
-            checked: Date::parse("2026-11-30").unwrap(),
+            checked: crate::domain::date::parse("2026-11-30").unwrap(),
             source: String::new(),
         }
     }
@@ -802,7 +802,7 @@ mod tests {
 
     #[test]
     fn lifecycles_start_on_their_day() {
-        let day = |s| Date::parse(s).unwrap();
+        let day = |s| crate::domain::date::parse(s).unwrap();
         let l = Lifecycle {
             deprecated: Some(day("2026-07-17")),
             sunset: Some(day("2027-01-01")),

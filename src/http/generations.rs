@@ -13,7 +13,9 @@ use super::{body, disconnect, stream};
 use crate::auth::ClientId;
 use crate::cache::{CacheDirectives, CacheStatus};
 use crate::config::CacheScope;
-use crate::domain::{BackendKind, Date, Generation, GenerationPlan, Lifecycle, ResponseFormat};
+use crate::domain::{
+    BackendKind, Date, Generation, GenerationPlan, Lifecycle, ResponseFormat, date,
+};
 use crate::error::{ApiError, RateLimitHeaders};
 use crate::openai::{self, parse_generation_body, response};
 use crate::service::Pending;
@@ -153,7 +155,7 @@ fn generation_headers(
     {
         res.insert_header(("x-image-gateway-ignored-fields", v));
     }
-    lifecycle_headers(res, plan.model.announced_lifecycle(), Date::today());
+    lifecycle_headers(res, plan.model.announced_lifecycle(), date::today());
 }
 
 /// `Deprecation` (RFC 9745, `@<unix seconds>`) and `Sunset` (RFC 8594, an
@@ -165,15 +167,18 @@ fn lifecycle_headers(res: &mut HttpResponseBuilder, lifecycle: Lifecycle, today:
     else {
         return;
     };
-    res.insert_header(("deprecation", format!("@{}", deprecated.unix_seconds())));
+    res.insert_header((
+        "deprecation",
+        format!("@{}", date::unix_seconds(deprecated)),
+    ));
     if let Some(sunset) = lifecycle.sunset {
-        res.insert_header(("sunset", sunset.http_date()));
+        res.insert_header(("sunset", date::http_date(sunset)));
     }
 }
 
 /// The endpoint a chain tries first today (past sunsets skipped).
 fn first_endpoint(plan: &GenerationPlan) -> &str {
-    let today = Date::today();
+    let today = date::today();
     plan.model
         .chain
         .iter()

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::domain::profile::{SizeInput, SizeLimits};
-use crate::domain::{Date, EndpointProfile, Lifecycle, Model, PriceUnit};
+use crate::domain::{Date, EndpointProfile, Lifecycle, Model, PriceUnit, date};
 use crate::error::ApiError;
 use crate::openai::validate::MAX_IMAGES;
 
@@ -199,7 +199,7 @@ fn object<'a>(name: &'a str, model: &'a Model, state: &AppState, today: Date) ->
 }
 
 pub async fn list(state: web::Data<AppState>) -> HttpResponse {
-    let today = Date::today();
+    let today = date::today();
     let data: Vec<ModelObject<'_>> = state
         .catalog
         .names()
@@ -224,5 +224,5 @@ pub async fn retrieve(
         .names()
         .find(|(n, _)| n.eq_ignore_ascii_case(&name))
         .map_or(model.id.as_str(), |(n, _)| n);
-    Ok(HttpResponse::Ok().json(object(canonical, model, &state, Date::today())))
+    Ok(HttpResponse::Ok().json(object(canonical, model, &state, date::today())))
 }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::GenerationService;
-use crate::domain::{Date, EndpointProfile, Generation, GenerationPlan};
+use crate::domain::{EndpointProfile, Generation, GenerationPlan, date};
 use crate::error::{ApiError, Fallback};
 use crate::metrics::FallbackReason;
 
@@ -84,7 +84,7 @@ impl GenerationService {
         deadline: Instant,
     ) -> Result<Generation, ApiError> {
         let model = plan.model.id.as_str();
-        let today = Date::today();
+        let today = date::today();
         let chain: Vec<&Arc<EndpointProfile>> = plan
             .model
             .chain
