@@ -186,6 +186,7 @@ def check_dockerfile(binary: Path) -> None:
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_GATEWAY") and k != "FAL_KEY"}
     env["IMAGE_GATEWAY__SERVER__LISTEN"] = f"127.0.0.1:{port}"
+    env["IMAGE_GATEWAY__DATABASE__URL"] = "sqlite::memory:"
     proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         healthy = None

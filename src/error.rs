@@ -69,6 +69,15 @@ pub enum ApiError {
     /// fal refused the prompt.
     #[error("{message}")]
     ContentPolicy { message: String },
+    /// The key may not use this model (its `models` list).
+    #[error("this API key may not use the model `{model}`")]
+    ModelNotAllowed { model: String },
+    /// The key's budget cannot cover the most this request could cost.
+    #[error("{message}")]
+    InsufficientQuota { message: String },
+    /// The key and spend database cannot be reached.
+    #[error("the key and spend database is unavailable")]
+    StoreUnavailable,
     /// A per-key limit was hit.
     #[error("rate limit reached for {} per minute", limit.kind)]
     RateLimited {
@@ -245,7 +254,9 @@ impl ApiError {
             | ApiError::NotFound { .. }
             | ApiError::Unsupported { .. }
             | ApiError::ContentPolicy { .. }
+            | ApiError::ModelNotAllowed { .. }
             | ApiError::ClientClosedRequest => "invalid_request_error",
+            ApiError::InsufficientQuota { .. } => "insufficient_quota",
             ApiError::Unauthorized { .. } => "authentication_error",
             ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
@@ -256,6 +267,7 @@ impl ApiError {
             | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::ShuttingDown
+            | ApiError::StoreUnavailable
             | ApiError::Internal
             // Never shown: `shown()` unwraps it.
             | ApiError::EndpointUnavailable { .. } => "server_error",
@@ -273,6 +285,9 @@ impl ApiError {
             ApiError::NotFound { .. } => None,
             ApiError::Unsupported { .. } => Some("unsupported_operation"),
             ApiError::ContentPolicy { .. } => Some("content_policy_violation"),
+            ApiError::ModelNotAllowed { .. } => Some("model_not_allowed"),
+            ApiError::InsufficientQuota { .. } => Some("insufficient_quota"),
+            ApiError::StoreUnavailable => Some("database_unavailable"),
             ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
             | ApiError::UpstreamRateLimited { .. } => Some("rate_limit_exceeded"),
@@ -290,7 +305,7 @@ impl ApiError {
     pub fn param(&self) -> Option<&str> {
         match self.shown() {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
-            ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::ModelNotFound { .. } | ApiError::ModelNotAllowed { .. } => Some("model"),
             ApiError::ContentPolicy { .. } => Some("prompt"),
             _ => None,
         }
@@ -310,6 +325,10 @@ impl ApiError {
             ApiError::Overloaded { .. } => "The gateway is at capacity: too many generations are running or waiting. Retry after the time in the retry-after header.".into(),
             ApiError::UpstreamRateLimited { .. } => "fal.ai is rate limiting this gateway. Retry after the time in the retry-after header.".into(),
             ApiError::UpstreamAuth => "The image backend (fal.ai) refused the gateway's upstream credentials (FAL_KEY). This is a gateway configuration problem, not a problem with your API key.".into(),
+            ApiError::ModelNotAllowed { model } => format!(
+                "This API key may not use the model `{model}`. Ask the gateway's operator for access, or use a model the key allows."
+            ),
+            ApiError::StoreUnavailable => "The gateway cannot reach its key and spend database right now; retry shortly.".into(),
             ApiError::ShuttingDown => "The gateway is shutting down; retry the request.".into(),
             ApiError::Internal => "The gateway hit an internal error.".into(),
             other => other.to_string(),
@@ -333,6 +352,7 @@ impl ApiError {
             | ApiError::Overloaded { .. }
             | ApiError::UpstreamRateLimited { .. }
             | ApiError::UpstreamUnavailable { .. }
+            | ApiError::StoreUnavailable
             | ApiError::ShuttingDown => Some(true),
             ApiError::UpstreamAuth
             | ApiError::UpstreamUnconfirmed { .. }
@@ -359,7 +379,7 @@ impl ApiError {
                 retry_after_seconds,
                 ..
             } => Some((*retry_after_seconds).max(1)),
-            ApiError::ShuttingDown => Some(1),
+            ApiError::ShuttingDown | ApiError::StoreUnavailable => Some(1),
             _ => None,
         }
     }
@@ -405,6 +425,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelNotFound { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
@@ -416,9 +438,9 @@ impl ResponseError for ApiError {
             ApiError::ClientClosedRequest => {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            ApiError::UpstreamUnavailable { .. } | ApiError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::UpstreamUnavailable { .. }
+            | ApiError::ShuttingDown
+            | ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal | ApiError::EndpointUnavailable { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -523,6 +545,31 @@ mod tests {
                 Some("prompt"),
             ),
             (
+                ApiError::ModelNotAllowed {
+                    model: "imagen-4-ultra".into(),
+                },
+                403,
+                "invalid_request_error",
+                Some("model_not_allowed"),
+                Some("model"),
+            ),
+            (
+                ApiError::InsufficientQuota {
+                    message: "over".into(),
+                },
+                429,
+                "insufficient_quota",
+                Some("insufficient_quota"),
+                None,
+            ),
+            (
+                ApiError::StoreUnavailable,
+                503,
+                "server_error",
+                Some("database_unavailable"),
+                None,
+            ),
+            (
                 ApiError::Overloaded {
                     retry_after_seconds: 1,
                 },
@@ -597,6 +644,17 @@ mod tests {
         assert_eq!(h.get("x-ratelimit-remaining-requests").unwrap(), "0");
         assert_eq!(h.get("x-ratelimit-reset-requests").unwrap(), "2s");
         assert_eq!(h.get("x-should-retry").unwrap(), "true");
+    }
+
+    #[test]
+    fn an_exhausted_budget_tells_the_sdk_not_to_retry() {
+        let res = ApiError::InsufficientQuota {
+            message: "over budget".into(),
+        }
+        .error_response();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers().get("x-should-retry").unwrap(), "false");
+        assert!(res.headers().get("retry-after").is_none());
     }
 
     #[test]

@@ -11,8 +11,12 @@
 //! - [`cache`]: key, directives, memory (L1), Redis (L2) and its codec.
 //! - [`backend`]: the `ImageBackend` trait, `fal` and `local`.
 //! - [`http`]: route table, middleware, handlers; [`app`]: wiring, listeners,
-//!   shutdown.
+//!   shutdown, the `keys` commands.
+//! - [`store`]: the database of keys, budgets and the spend ledger;
+//!   [`keys`]: database keys on the hot path; [`admin`]: the admin API's
+//!   JSON.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;
@@ -22,10 +26,12 @@ pub mod domain;
 pub mod error;
 pub mod files;
 pub mod http;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod service;
+pub mod store;
 pub mod telemetry;
 
 /// Install the process-wide TLS provider (ring) for reqwest's rustls.

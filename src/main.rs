@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use image_gateway::app::Application;
+use image_gateway::app::cli::KeysCommand;
 use image_gateway::config::Settings;
 
 /// An OpenAI-compatible image generation gateway for Google's Imagen 4 on fal.ai.
@@ -16,13 +17,32 @@ use image_gateway::config::Settings;
 #[command(name = "image-gateway", version, about, long_about)]
 struct Cli {
     /// TOML configuration file (see deploy/config.example.toml).
-    #[arg(long, short = 'c', value_name = "FILE", env = "IMAGE_GATEWAY_CONFIG")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "IMAGE_GATEWAY_CONFIG",
+        global = true
+    )]
     config: Option<PathBuf>,
 
     /// Validate the configuration, print the effective values (secrets
     /// redacted) and exit.
     #[arg(long)]
     check_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Client keys in the database (database.url): create, list, revoke.
+    /// The same as the admin API, without a running gateway.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +54,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Keys { action }) = &cli.command {
+        return match image_gateway::app::cli::run(&settings, action) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("image-gateway keys: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.check_config {
         for warning in &settings.warnings {
             eprintln!("image-gateway: warning: {warning}");

@@ -210,6 +210,7 @@ async fn b64_answers_allocate_about_one_image_copy_on_a_miss_and_little_on_a_hit
     s.fal.queue_url = format!("http://127.0.0.1:{}", fake.1);
     s.fal.run_url = format!("http://127.0.0.1:{}/run", fake.1);
     s.log.level = "warn".into();
+    s.database.url = image_gateway::config::DatabaseUrl::new("sqlite::memory:");
     let app = Application::build(s).unwrap();
     let port = app.port();
     let handle = app.handle();

@@ -18,6 +18,7 @@ use crate::http::{routes, unsupported};
 use crate::metrics::Metrics;
 use crate::service::GenerationService;
 
+pub mod cli;
 mod listener;
 mod shutdown;
 mod wiring;
@@ -99,8 +100,16 @@ impl Application {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), kind.as_str()])
             .set(1);
         let runtime = UpstreamRuntime::start(cores.min(4))?;
+        let (store, has_keys) = wiring::database(&settings, &runtime.handle()?)?;
         let service = wiring::service(&settings, &metrics, runtime.handle()?, TaskTracker::new())?;
-        let state = wiring::state(&settings, service.clone(), metrics)?;
+        let keys = wiring::key_directory(
+            &settings,
+            store,
+            has_keys,
+            &runtime.handle()?,
+            service.stopping_token(),
+        );
+        let state = wiring::state(&settings, service.clone(), keys, metrics)?;
         log_start(&settings, kind, &state);
 
         let listener = bind("server.listen", &settings.server.listen)?;
@@ -214,11 +223,17 @@ fn log_start(settings: &Settings, kind: BackendKind, state: &AppState) {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    if state.auth.is_open() {
+    if state.auth.is_open() && !state.keys.has_keys() {
         tracing::warn!(
-            "no client API keys are configured (auth.api_keys): the gateway is open to anyone who can reach it"
+            "no client API keys exist (auth.api_keys, or keys made with the admin API or `image-gateway keys create`): the gateway is open to anyone who can reach it"
         );
     }
+    tracing::info!(
+        database = state.keys.store().dialect().as_str(),
+        location = %state.keys.store().location(),
+        admin_api = state.admin.is_enabled(),
+        "keys and spend ledger"
+    );
     tracing::info!(
         listen = %settings.server.listen,
         backend = kind.as_str(),

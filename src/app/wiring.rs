@@ -8,7 +8,7 @@ use actix_web::web;
 use tokio_util::task::TaskTracker;
 
 use super::StartupError;
-use crate::auth::Auth;
+use crate::auth::{AdminKey, Auth};
 use crate::backend::ImageBackend;
 use crate::backend::fal::FalBackend;
 use crate::backend::fal::transport::Upstream;
@@ -18,11 +18,85 @@ use crate::config::{CacheMode, Settings};
 use crate::domain::BackendKind;
 use crate::files::FileStore;
 use crate::http::AppState;
+use crate::keys::KeyDirectory;
 use crate::limits::KeyLimits;
 use crate::metrics::Metrics;
 use crate::openai::PlanLimits;
 use crate::service::limiter::JobLimiter;
 use crate::service::{GenerationService, ServiceParts};
+use crate::store::Store;
+
+/// How often expired budget reservations (of requests a crashed replica
+/// never settled) are given back.
+const RESERVATION_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Open (and migrate) the database on `runtime`, where its queries will run.
+/// Start-up waits for it: without its keys and ledger the gateway must not
+/// serve.
+pub fn database(
+    settings: &Settings,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(Store, bool), StartupError> {
+    let db = settings.database.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let opened = match Store::open(&db).await {
+            Ok(store) => match store.has_keys().await {
+                Ok(has_keys) => Ok((store, has_keys)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let _ = tx.send(opened);
+    });
+    // Connecting has its own bound; migrations of a large ledger may take
+    // longer than that.
+    let wait =
+        Duration::from_millis(settings.database.connect_timeout_ms) + Duration::from_secs(120);
+    match rx.recv_timeout(wait) {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(e)) => Err(StartupError::Setup(e.to_string())),
+        Err(_) => Err(StartupError::Setup(format!(
+            "the database {} did not open within {} s",
+            settings.database.url.redacted(),
+            wait.as_secs()
+        ))),
+    }
+}
+
+/// The hot-path key directory, kept current by watching the key table, and
+/// the sweeper of expired reservations, both until `stop`.
+pub fn key_directory(
+    settings: &Settings,
+    store: Store,
+    has_keys: bool,
+    runtime: &tokio::runtime::Handle,
+    stop: tokio_util::sync::CancellationToken,
+) -> Arc<KeyDirectory> {
+    let directory = KeyDirectory::new(
+        store.clone(),
+        Duration::from_secs(settings.database.key_cache_ttl_seconds),
+        has_keys,
+    );
+    let dir = directory.clone();
+    let rt = runtime.clone();
+    runtime.spawn(store.watch_keys(stop.clone(), move || {
+        let dir = dir.clone();
+        rt.spawn(async move { dir.refresh().await });
+    }));
+    runtime.spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(RESERVATION_SWEEP_INTERVAL) => {}
+                () = stop.cancelled() => return,
+            }
+            if let Err(e) = store.expire_reservations().await {
+                tracing::warn!(error = %e, "cannot expire budget reservations");
+            }
+        }
+    });
+    directory
+}
 
 /// The image backend the settings choose.
 fn backend(
@@ -121,6 +195,7 @@ pub fn service(
 pub fn state(
     settings: &Settings,
     service: Arc<GenerationService>,
+    keys: Arc<KeyDirectory>,
     metrics: Arc<Metrics>,
 ) -> Result<web::Data<AppState>, StartupError> {
     let catalog = settings
@@ -134,6 +209,8 @@ pub fn state(
         service,
         catalog,
         auth: Auth::new(&settings.auth.api_keys),
+        admin: AdminKey::new(settings.auth.admin_key.as_ref()),
+        keys,
         limits: KeyLimits::new(
             settings.limits.requests_per_minute,
             settings.limits.images_per_minute,

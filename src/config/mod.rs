@@ -11,6 +11,7 @@ use crate::domain::BackendKind;
 use choice::choice;
 
 mod choice;
+mod database;
 mod error;
 mod models;
 mod profiles;
@@ -20,6 +21,7 @@ mod sections;
 mod tests;
 mod validate;
 
+pub use database::{DatabaseSettings, DatabaseUrl};
 pub use error::ConfigError;
 pub use models::{ModelEntry, ModelSettings, OPENAI_MODEL_ALIASES, Successors};
 pub use profiles::{CustomSizeEntry, PriceEntry, ProfileEntry, Usd};
@@ -55,6 +57,7 @@ pub struct Settings {
     pub files: FileSettings,
     pub local: LocalSettings,
     pub limits: LimitSettings,
+    pub database: DatabaseSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
     /// Problems found while loading that do not stop start-up (an ignored

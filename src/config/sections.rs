@@ -72,6 +72,9 @@ pub struct AuthSettings {
     /// Empty: the gateway is open to anyone who can reach it.
     #[serde(deserialize_with = "keys_from_list_or_csv")]
     pub api_keys: Vec<Secret>,
+    /// Bearer key of the admin API (`/admin/v1/...`: keys, budgets, spend).
+    /// Unset: the admin API is off and its paths answer 404.
+    pub admin_key: Option<Secret>,
 }
 
 fn keys_from_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {

@@ -762,3 +762,65 @@ fn the_deprecated_cache_enabled_still_turns_the_cache_off_with_a_warning() {
     let shown: toml::Table = toml::from_str(&on.to_redacted_toml()).unwrap();
     assert!(!shown["cache"].as_table().unwrap().contains_key("enabled"));
 }
+
+#[test]
+fn the_database_url_and_admin_key_are_read_and_never_shown() {
+    let s = Settings::load_from(
+        None,
+        env(&[
+            (
+                "IMAGE_GATEWAY__DATABASE__URL",
+                "postgres://gw:db-pass-SECRET@db.internal:5432/gateway?sslmode=require",
+            ),
+            ("IMAGE_GATEWAY__AUTH__ADMIN_KEY", "admin-key-SECRET-0123"),
+        ]),
+    )
+    .unwrap();
+    assert!(s.database.url.is_postgres());
+    assert_eq!(
+        s.auth.admin_key.as_ref().map(Secret::expose),
+        Some("admin-key-SECRET-0123")
+    );
+    let shown = [s.to_redacted_toml(), format!("{s:?}")];
+    for text in &shown {
+        assert!(!text.contains("db-pass-SECRET"), "{text}");
+        assert!(!text.contains("admin-key-SECRET"), "{text}");
+    }
+    assert!(shown[0].contains("postgres://[redacted]@db.internal:5432/gateway?sslmode=require"));
+}
+
+#[test]
+fn bad_database_and_admin_settings_name_their_key() {
+    for (var, value, key) in [
+        (
+            "IMAGE_GATEWAY__DATABASE__URL",
+            "mysql://u:db-pass-SECRET@h/db",
+            "database.url",
+        ),
+        (
+            "IMAGE_GATEWAY__DATABASE__DATA_DIR",
+            " ",
+            "database.data_dir",
+        ),
+        (
+            "IMAGE_GATEWAY__DATABASE__MAX_CONNECTIONS",
+            "0",
+            "database.max_connections",
+        ),
+        ("IMAGE_GATEWAY__AUTH__ADMIN_KEY", "short", "auth.admin_key"),
+    ] {
+        let err = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
+        assert_eq!(err.key, key, "{var}={value}: {err}");
+        assert!(!err.to_string().contains("db-pass-SECRET"), "{err}");
+    }
+    let err = Settings::load_from(
+        None,
+        env(&[
+            ("IMAGE_GATEWAY__AUTH__API_KEYS", "sk-same-0123456789abcdef"),
+            ("IMAGE_GATEWAY__AUTH__ADMIN_KEY", "sk-same-0123456789abcdef"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "auth.admin_key");
+    assert!(!err.to_string().contains("sk-same"), "{err}");
+}

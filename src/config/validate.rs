@@ -76,6 +76,9 @@ pub(crate) const RANGES: &[Range] = &[
     range("models.gone_skip_seconds", 1, DAY),
     // fal's start timeout must be more than one second.
     range("models.start_timeout_seconds", 2, HOUR),
+    range("database.max_connections", 1, 1_000),
+    range("database.connect_timeout_ms", 1, 10 * MINUTE * 1000),
+    range("database.key_cache_ttl_seconds", 1, DAY),
 ];
 
 /// Every setting that takes one word of a fixed set, and its words (the
@@ -226,8 +229,44 @@ impl Settings {
                 ));
             }
         }
+        self.validate_keys_and_database()?;
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(ConfigError::new("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate_keys_and_database(&self) -> Result<(), ConfigError> {
+        if let Some(admin) = &self.auth.admin_key {
+            let key = admin.expose().trim();
+            if key.chars().count() < 16 || key.chars().any(char::is_whitespace) {
+                return Err(ConfigError::new(
+                    "auth.admin_key",
+                    "must be at least 16 characters without spaces (it guards every key and budget); e.g. `openssl rand -hex 32`",
+                ));
+            }
+            if self.auth.api_keys.iter().any(|k| k.expose() == key) {
+                return Err(ConfigError::new(
+                    "auth.admin_key",
+                    "must differ from every client key in auth.api_keys",
+                ));
+            }
+        }
+        let url = &self.database.url;
+        if url.is_set() && !url.is_postgres() && !url.expose().starts_with("sqlite:") {
+            return Err(ConfigError::new(
+                "database.url",
+                format!(
+                    "`{}` is neither a postgres:// nor a sqlite: URL (empty: the embedded SQLite database in database.data_dir)",
+                    url.redacted()
+                ),
+            ));
+        }
+        if !url.is_set() && self.database.data_dir.trim().is_empty() {
+            return Err(ConfigError::new(
+                "database.data_dir",
+                "must name a directory when database.url is empty",
+            ));
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder, web
 
 use super::AppState;
 use super::{body, disconnect, stream};
-use crate::auth::ClientId;
+use crate::auth::{ClientId, DbKey};
 use crate::cache::{CacheDirectives, CacheStatus};
 use crate::config::CacheScope;
 use crate::domain::{
@@ -35,11 +35,22 @@ pub async fn create(
         state.plan_limits,
     )?;
     let client = req.extensions().get::<ClientId>().copied();
-    let limit_headers = if state.limits.is_enabled() {
+    let db_key = req.extensions().get::<DbKey>().cloned();
+    if let Some(DbKey(key)) = &db_key
+        && !key.allows_model(&plan.model.id)
+    {
+        return Err(ApiError::ModelNotAllowed {
+            model: plan.model.id.clone(),
+        });
+    }
+    let own_limits = db_key
+        .as_ref()
+        .map(|DbKey(k)| (k.requests_per_minute, k.images_per_minute));
+    let limit_headers = if state.limits.is_enabled() || own_limits.is_some() {
         let key = client.map_or_else(|| peer_key(&req), |c| c.0);
         state
             .limits
-            .check(&key, u32::from(plan.n), &state.metrics)?
+            .check_with(&key, u32::from(plan.n), own_limits, &state.metrics)?
     } else {
         Vec::new()
     };

@@ -3,8 +3,9 @@
 //!   `x-request-id` and `openai-processing-ms` headers, one log line per
 //!   request at a level chosen by status class, and errors rendered as
 //!   OpenAI-shaped responses (so the headers land on errors too).
-//! - `require_key`: deny-by-default client auth when keys are configured,
-//!   by each path's policy in the route table.
+//! - `require_key`: deny-by-default client auth when keys exist (configured
+//!   in `auth.api_keys` or made in the database), by each path's policy in
+//!   the route table; the admin API takes the admin key only.
 
 use std::time::Instant;
 
@@ -16,7 +17,9 @@ use actix_web::{Error, HttpMessage, web};
 
 use super::AppState;
 use super::routes::{Access, access_of};
+use crate::auth::{self, ClientId, DbKey};
 use crate::error::ApiError;
+use crate::store::keys::secret_digest;
 
 /// The id of one request, as the client sent it or as generated here.
 #[derive(Clone, Debug)]
@@ -140,8 +143,10 @@ pub async fn require_key(
         Access::Open => true,
         Access::Metrics => state.metrics_public,
         Access::Key => false,
+        Access::Admin => return admin_only(req, next, &state).await,
     };
-    if state.auth.is_open() || open {
+    let needs_key = !state.auth.is_open() || state.keys.has_keys();
+    if !needs_key || open {
         return next
             .call(req)
             .await
@@ -151,13 +156,70 @@ pub async fn require_key(
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    match state.auth.check(authorization) {
-        Ok(client) => {
+    let token = match auth::bearer(authorization) {
+        Ok(token) => token,
+        Err(e) => return Ok(req.error_response(e)),
+    };
+    let digest = secret_digest(token);
+    let client = ClientId(digest);
+    if state.auth.is_configured(&digest) {
+        req.extensions_mut().insert(client);
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
+    match state.keys.lookup(digest).await {
+        Ok(Some(key)) => {
+            let refused = if key.revoked_at.is_some() {
+                Some("This API key has been revoked.")
+            } else if key.is_expired(crate::store::now()) {
+                Some("This API key has expired.")
+            } else {
+                None
+            };
+            if let Some(message) = refused {
+                return Ok(req.error_response(ApiError::Unauthorized { message }));
+            }
             req.extensions_mut().insert(client);
+            req.extensions_mut().insert(DbKey(key));
             next.call(req)
                 .await
                 .map(ServiceResponse::map_into_boxed_body)
         }
+        Ok(None) => Ok(req.error_response(ApiError::Unauthorized {
+            message: auth::INCORRECT_KEY,
+        })),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look a client key up in the database");
+            Ok(req.error_response(ApiError::StoreUnavailable))
+        }
+    }
+}
+
+/// The admin API: the admin key only; without one configured, every admin
+/// path is an unknown path (404).
+async fn admin_only(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    state: &AppState,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    if !state.admin.is_enabled() {
+        let path: String = req.path().chars().take(200).collect();
+        let e = ApiError::NotFound {
+            message: format!("Invalid URL ({} {path})", req.method()),
+        };
+        return Ok(req.error_response(e));
+    }
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match state.admin.check(authorization) {
+        Ok(()) => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body),
         Err(e) => Ok(req.error_response(e)),
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP edge: the route table with each route's access policy, the
 //! middleware every request passes, and one handler per file.
 
+pub mod admin;
 pub mod body;
 pub mod connection;
 pub mod disconnect;

@@ -4,7 +4,7 @@
 
 use actix_web::web;
 
-use super::{files, generations, health, metrics, models, unsupported};
+use super::{admin, files, generations, health, metrics, models, unsupported};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +17,9 @@ pub enum Access {
     Key,
     /// Open when `metrics.public` is set, else a client key.
     Metrics,
+    /// The admin key (`auth.admin_key`) only, never a client key; without
+    /// an admin key the path answers 404 like an unknown one.
+    Admin,
 }
 
 /// One route: method, path, access policy and the handler registration.
@@ -87,6 +90,50 @@ pub const PROBE_ROUTES: &[RouteSpec] = &[
     },
 ];
 
+/// The admin API (keys, budgets, spend), at the root only.
+pub const ADMIN_ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        method: "POST",
+        path: "/admin/v1/keys",
+        access: Access::Admin,
+        route: || web::post().to(admin::create_key),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/admin/v1/keys",
+        access: Access::Admin,
+        route: || web::get().to(admin::list_keys),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/admin/v1/keys/{id}",
+        access: Access::Admin,
+        route: || web::get().to(admin::get_key),
+    },
+    RouteSpec {
+        method: "PATCH",
+        path: "/admin/v1/keys/{id}",
+        access: Access::Admin,
+        route: || web::patch().to(admin::update_key),
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/admin/v1/keys/{id}",
+        access: Access::Admin,
+        route: || web::delete().to(admin::revoke_key),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/admin/v1/spend",
+        access: Access::Admin,
+        route: || web::get().to(admin::spend),
+    },
+];
+
+/// Every path under it is the admin API's: an unknown one is refused
+/// without the admin key before its 404.
+pub const ADMIN_PREFIX: &str = "/admin/";
+
 pub const METRICS_ROUTE: RouteSpec = RouteSpec {
     method: "GET",
     path: "/metrics",
@@ -116,6 +163,7 @@ pub fn served(serve_metrics: bool) -> Vec<Served> {
         .collect();
     let root = PROBE_ROUTES
         .iter()
+        .chain(ADMIN_ROUTES)
         .chain(serve_metrics.then_some(&METRICS_ROUTE));
     all.extend(root.map(|r| Served {
         method: r.method,
@@ -144,9 +192,13 @@ fn matches(pattern: &str, path: &str) -> bool {
     }
 }
 
-/// The access policy of a request path: the matching route's, and `Key`
-/// for any path no route serves (deny by default, before the 404).
+/// The access policy of a request path: the matching route's, `Admin` for
+/// any other path under `/admin/`, and `Key` for any other path no route
+/// serves (deny by default, before the 404).
 pub fn access_of(path: &str) -> Access {
+    if path.starts_with(ADMIN_PREFIX) || path == "/admin" {
+        return Access::Admin;
+    }
     let api = API_PREFIXES.iter().flat_map(|prefix| {
         API_ROUTES.iter().filter_map(move |r| {
             let rest = path.strip_prefix(prefix)?;
@@ -169,7 +221,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
             cfg.route(&format!("{p}{}", r.path), (r.route)());
         }
     }
-    for r in PROBE_ROUTES {
+    for r in PROBE_ROUTES.iter().chain(ADMIN_ROUTES) {
         cfg.route(r.path, (r.route)());
     }
     if serve_metrics {
@@ -205,6 +257,12 @@ mod tests {
             ("/v1/unknown", Access::Key),
             ("/healthz/x", Access::Key),
             ("/", Access::Key),
+            ("/admin/v1/keys", Access::Admin),
+            ("/admin/v1/keys/key_0123", Access::Admin),
+            ("/admin/v1/spend", Access::Admin),
+            ("/admin/v1/unknown", Access::Admin),
+            ("/admin", Access::Admin),
+            ("/v1/admin/v1/keys", Access::Key),
         ] {
             assert_eq!(access_of(path), access, "{path}");
         }

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::Auth;
+use crate::auth::{AdminKey, Auth};
 use crate::config::{CacheMode, CacheScope, FalMode};
 use crate::domain::ModelCatalog;
+use crate::keys::KeyDirectory;
 use crate::limits::KeyLimits;
 use crate::metrics::Metrics;
 use crate::openai::PlanLimits;
@@ -16,6 +17,10 @@ pub struct AppState {
     pub service: Arc<GenerationService>,
     pub catalog: ModelCatalog,
     pub auth: Auth,
+    /// The admin API's key (off when unset).
+    pub admin: AdminKey,
+    /// Database keys, cached for the hot path; their store.
+    pub keys: Arc<KeyDirectory>,
     /// Per-key rate limits (may be disabled).
     pub limits: KeyLimits,
     pub metrics: Arc<Metrics>,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use fake_fal::{FakeConfig, FakeFal};
 use image_gateway::app::Application;
-use image_gateway::config::{BackendChoice, Secret, Settings};
+use image_gateway::config::{BackendChoice, DatabaseUrl, Secret, Settings};
 use image_gateway::service::GenerationService;
 use serde_json::Value;
 
@@ -39,6 +39,9 @@ pub fn test_settings(fal: &FakeFal) -> Settings {
     // The fake serves its image files on loopback.
     s.fal.download_hosts = vec!["127.0.0.1".into()];
     s.fal.download_private_networks = true;
+    // Each gateway its own database, gone with it (tests that need a file
+    // or PostgreSQL set their own).
+    s.database.url = DatabaseUrl::new("sqlite::memory:");
     s
 }
 

@@ -521,6 +521,9 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::NotFound { .. }
             | ApiError::Unsupported { .. }
             | ApiError::ContentPolicy { .. }
+            | ApiError::ModelNotAllowed { .. }
+            | ApiError::InsufficientQuota { .. }
+            | ApiError::StoreUnavailable
             | ApiError::RateLimited { .. }
             | ApiError::Overloaded { .. }
             | ApiError::UpstreamRateLimited { .. }
@@ -560,6 +563,13 @@ fn every_error() -> Vec<ApiError> {
         ApiError::ContentPolicy {
             message: "flagged".into(),
         },
+        ApiError::ModelNotAllowed {
+            model: "imagen-4-ultra".into(),
+        },
+        ApiError::InsufficientQuota {
+            message: "over budget".into(),
+        },
+        ApiError::StoreUnavailable,
         ApiError::RateLimited {
             retry_after_seconds: 2,
             limit: limit("requests"),
@@ -772,8 +782,21 @@ async fn every_header_a_live_response_carries_is_documented() {
         s.backend = BackendChoice::Local;
         s.fal.key = None;
         s.auth.api_keys = vec![Secret::new("sk-spec")];
+        crate::keys::with_admin(s);
     })
     .await;
+    let admin = ("authorization", "Bearer admin-SECRET-0123456789abcdef");
+    assert_eq!(admin.1, format!("Bearer {}", crate::keys::ADMIN_KEY));
+    let (key_id, limited_key) = app
+        .make_key(json!({"name": "spec", "models": ["imagen-4"]}))
+        .await;
+    let limited_key: &'static str = Box::leak(format!("Bearer {limited_key}").into_boxed_str());
+    let key_path: &'static str = Box::leak(format!("/admin/v1/keys/{key_id}").into_boxed_str());
+    let as_admin = |p: Probe| Probe {
+        key: false,
+        headers: vec![admin],
+        ..p
+    };
     let generation = json!({"prompt": "documented headers", "quality": "hd", "extra_field": 1});
     let mut probes = vec![
         Probe::post(
@@ -810,6 +833,50 @@ async fn every_header_a_live_response_carries_is_documented() {
         Probe::get("/healthz", "/healthz"),
         Probe::get("/readyz", "/readyz"),
         Probe::get("/metrics", "/metrics"),
+        // A key limited to another model: 403.
+        Probe {
+            key: false,
+            headers: vec![("authorization", limited_key)],
+            ..Probe::post(
+                "/v1/images/generations",
+                "/v1/images/generations",
+                json!({"prompt": "x", "model": "imagen-4-fast"}),
+            )
+        },
+        // The admin API.
+        as_admin(Probe::post(
+            "/admin/v1/keys",
+            "/admin/v1/keys",
+            json!({"name": "probe"}),
+        )),
+        as_admin(Probe::post(
+            "/admin/v1/keys",
+            "/admin/v1/keys",
+            json!({"name": ""}),
+        )),
+        as_admin(Probe::get("/admin/v1/keys", "/admin/v1/keys")),
+        as_admin(Probe::get(key_path, "/admin/v1/keys/{id}")),
+        as_admin(Probe::get("/admin/v1/keys/key_nope", "/admin/v1/keys/{id}")),
+        as_admin(Probe {
+            method: "PATCH",
+            ..Probe::post(key_path, "/admin/v1/keys/{id}", json!({"budget_usd": 1}))
+        }),
+        as_admin(Probe {
+            method: "DELETE",
+            ..Probe::get(key_path, "/admin/v1/keys/{id}")
+        }),
+        as_admin(Probe::get(
+            "/admin/v1/spend?group_by=model",
+            "/admin/v1/spend",
+        )),
+        as_admin(Probe::get(
+            "/admin/v1/spend?group_by=hour",
+            "/admin/v1/spend",
+        )),
+        Probe {
+            key: true,
+            ..Probe::get("/admin/v1/spend", "/admin/v1/spend")
+        },
         Probe {
             key: false,
             ..Probe::get("/v1/models", "/v1/models")
@@ -828,10 +895,8 @@ async fn every_header_a_live_response_carries_is_documented() {
     let mut i = 0;
     while i < probes.len() {
         let p = &probes[i];
-        let mut req = match p.method {
-            "GET" => app.client.get(app.url(&p.path)),
-            _ => app.client.post(app.url(&p.path)),
-        };
+        let method = reqwest::Method::from_bytes(p.method.as_bytes()).unwrap();
+        let mut req = app.client.request(method, app.url(&p.path));
         if p.key {
             req = req.header("authorization", "Bearer sk-spec");
         }

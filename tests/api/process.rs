@@ -39,6 +39,7 @@ impl Gateway {
         let port = free_port();
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
+            .current_dir(dir.path())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("IMAGE_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
@@ -123,13 +124,18 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
     let fal = FakeFal::start("127.0.0.1:0", FakeConfig::default(), 1).unwrap();
     let hashed_key = "sk-hashed-SECRET-9012";
     let hash = hex::encode(sha2::Sha256::digest(hashed_key.as_bytes()));
-    let secrets = [
-        "fal-key-SECRET-1234",
-        "sk-client-SECRET-5678",
-        hashed_key,
-        "sk-wrong-SECRET-3456",
-        "redis-SECRET-7777",
+    let mut secrets = vec![
+        "fal-key-SECRET-1234".to_owned(),
+        "sk-client-SECRET-5678".to_owned(),
+        hashed_key.to_owned(),
+        "sk-wrong-SECRET-3456".to_owned(),
+        "redis-SECRET-7777".to_owned(),
+        "admin-SECRET-2468-abcdefgh".to_owned(),
+        "admin-wrong-SECRET-1357".to_owned(),
+        crate::postgres::PG_PASSWORD.to_owned(),
     ];
+    // Keys and the ledger in PostgreSQL, reached with a password.
+    let pg = crate::postgres::PostgresServer::start().await;
     // A shared cache that is down all along: its outage is logged (once),
     // its password never.
     let redis_url = format!("redis://:redis-SECRET-7777@127.0.0.1:{}/0", free_port());
@@ -144,16 +150,57 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
             ),
             ("IMAGE_GATEWAY__METRICS__PUBLIC", "true".to_owned()),
             ("IMAGE_GATEWAY__CACHE__REDIS_URL", redis_url.clone()),
+            (
+                "IMAGE_GATEWAY__AUTH__ADMIN_KEY",
+                "admin-SECRET-2468-abcdefgh".to_owned(),
+            ),
         ]);
+        if let Some(pg) = &pg {
+            let url = pg.create_database(&format!("secrets_{format}")).await;
+            env.push(("IMAGE_GATEWAY__DATABASE__URL", url));
+        }
         let mut gw = Gateway::start(&env).await;
         let client = reqwest::Client::new();
         let mut seen = String::new();
+        // A database key, made through the admin API (its secret is in the
+        // answer, and nowhere else after), and a wrong admin key.
+        let made: serde_json::Value = client
+            .post(gw.url("/admin/v1/keys"))
+            .bearer_auth("admin-SECRET-2468-abcdefgh")
+            .json(&json!({"name": "secrets", "budget_usd": 1}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let db_key = made["key"].as_str().unwrap().to_owned();
+        secrets.push(db_key.clone());
+        let res = client
+            .get(gw.url("/admin/v1/keys"))
+            .bearer_auth("admin-wrong-SECRET-1357")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        seen.push_str(&format!("{:?}", res.headers()));
+        seen.push_str(&res.text().await.unwrap());
+        for path in ["/admin/v1/keys", "/admin/v1/spend?group_by=model"] {
+            let res = client
+                .get(gw.url(path))
+                .bearer_auth("admin-SECRET-2468-abcdefgh")
+                .send()
+                .await
+                .unwrap();
+            seen.push_str(&res.text().await.unwrap());
+        }
         let calls: Vec<(&str, serde_json::Value, Option<Fault>)> = vec![
             (
                 "sk-client-SECRET-5678",
                 json!({"prompt":"one","response_format":"b64_json"}),
                 None,
             ),
+            (db_key.as_str(), json!({"prompt":"db key"}), None),
             ("sk-hashed-SECRET-9012", json!({"prompt":"two"}), None),
             ("sk-wrong-SECRET-3456", json!({"prompt":"three"}), None),
             (
@@ -224,7 +271,13 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
             1,
             "{format}: one line per outage"
         );
-        for secret in secrets {
+        if pg.is_some() {
+            assert!(
+                logs.contains("postgres://[redacted]@127.0.0.1"),
+                "{format}: the database in use is logged, without its password"
+            );
+        }
+        for secret in &secrets {
             assert!(!logs.contains(secret), "{format} logs leak {secret}");
             assert!(!seen.contains(secret), "answers or metrics leak {secret}");
         }
@@ -241,6 +294,17 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
         .env("FAL_KEY", "fal-key-SECRET-1234")
         .env("IMAGE_GATEWAY__AUTH__API_KEYS", "sk-client-SECRET-5678")
         .env("IMAGE_GATEWAY__CACHE__REDIS_URL", &redis_url)
+        .env(
+            "IMAGE_GATEWAY__AUTH__ADMIN_KEY",
+            "admin-SECRET-2468-abcdefgh",
+        )
+        .env(
+            "IMAGE_GATEWAY__DATABASE__URL",
+            format!(
+                "postgres://gw:{}@127.0.0.1:1/gw",
+                crate::postgres::PG_PASSWORD
+            ),
+        )
         .output()
         .unwrap();
     let text =
@@ -250,7 +314,7 @@ async fn no_secret_reaches_logs_answers_or_metrics_even_at_trace_level() {
         text.contains("[redacted]") && text.contains("backend in use: fal"),
         "{text}"
     );
-    for secret in secrets {
+    for secret in &secrets {
         assert!(!text.contains(secret), "--check-config leaks {secret}");
     }
 }

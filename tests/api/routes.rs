@@ -253,12 +253,17 @@ async fn with_keys_configured_only_probes_and_file_links_are_open() {
 
 #[actix_web::test]
 async fn auth_is_deny_by_default_on_every_served_route() {
-    let app = spawn_app_with(|s| s.auth.api_keys = vec![Secret::new("sk-walk")]).await;
+    let app = spawn_app_with(|s| {
+        s.auth.api_keys = vec![Secret::new("sk-walk")];
+        crate::keys::with_admin(s);
+    })
+    .await;
     for route in routes::served(true) {
         let (method, path) = (route.method, route.path);
         let concrete = path
             .replace("{name}", "0123456789abcdef0123456789abcdef.png")
-            .replace("{model}", "imagen-4");
+            .replace("{model}", "imagen-4")
+            .replace("{id}", "key_0");
         let req = |key: Option<&str>| {
             let mut r = app
                 .client
@@ -277,7 +282,17 @@ async fn auth_is_deny_by_default_on_every_served_route() {
         let with_key = req(Some("sk-walk")).await.unwrap().status().as_u16();
         // The table's policy is what the middleware enforces (metrics are
         // not public here, so they need a key like the API).
-        if route.access == routes::Access::Open {
+        if route.access == routes::Access::Admin {
+            // The admin API takes the admin key, never a client key.
+            let with_admin = req(Some(crate::keys::ADMIN_KEY))
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            assert_eq!(anonymous, 401, "{method} {path} must need the admin key");
+            assert_eq!(with_key, 401, "{method} {path} must refuse a client key");
+            assert_ne!(with_admin, 401, "{method} {path} must accept the admin key");
+        } else if route.access == routes::Access::Open {
             assert_ne!(anonymous, 401, "{method} {path} must be open");
         } else {
             assert_eq!(anonymous, 401, "{method} {path} must need a key");
@@ -286,6 +301,7 @@ async fn auth_is_deny_by_default_on_every_served_route() {
     }
     // Unknown paths are denied too, before their 404.
     assert_eq!(app.get("/v1/unknown").await.status(), 401);
+    assert_eq!(app.get("/admin/v1/unknown").await.status(), 401);
 }
 
 #[actix_web::test]

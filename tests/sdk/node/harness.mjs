@@ -152,6 +152,8 @@ export class Gateway {
     const settings = {
       IMAGE_GATEWAY__SERVER__WORKERS: '2',
       IMAGE_GATEWAY__SERVER__SHUTDOWN_GRACE_SECONDS: '1',
+      // Keys and ledger in memory: each gateway its own, nothing on disk.
+      IMAGE_GATEWAY__DATABASE__URL: 'sqlite::memory:',
       IMAGE_GATEWAY__FAL__POLL_INITIAL_DELAY_MS: '0',
       IMAGE_GATEWAY__FAL__POLL_MAX_DELAY_MS: '20',
       IMAGE_GATEWAY__FAL__RETRY_BASE_DELAY_MS: '5',
