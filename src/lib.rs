@@ -31,6 +31,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod service;
+pub mod spend;
 pub mod store;
 pub mod telemetry;
 

@@ -10,8 +10,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Gateway request latency: cache hits answer in well under a millisecond,
@@ -111,6 +111,18 @@ label_enum!(
     PaidCall { Submit = "submit", Run = "run" }
 );
 
+label_enum!(
+    /// `image_gateway_spend_saved_usd_total{reason}`: why an answer cost nothing.
+    SavedBy { Cache = "cache", Coalesced = "coalesced" }
+);
+label_enum!(
+    /// `image_gateway_database_errors_total{operation}`.
+    DbOp {
+        KeyLookup = "key_lookup", Reserve = "reserve", Settle = "settle", Release = "release",
+        Expire = "expire", Admin = "admin",
+    }
+);
+
 /// How one kind of Prometheus collector is made from a table row.
 trait Family: Collector + Clone + Sized + 'static {
     fn make(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> prometheus::Result<Self>;
@@ -131,6 +143,12 @@ impl Family for IntGauge {
 impl Family for IntCounterVec {
     fn make(name: &str, help: &str, labels: &[&str], _: &[f64]) -> prometheus::Result<Self> {
         IntCounterVec::new(Opts::new(name, help), labels)
+    }
+}
+
+impl Family for CounterVec {
+    fn make(name: &str, help: &str, labels: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        CounterVec::new(Opts::new(name, help), labels)
     }
 }
 
@@ -279,6 +297,17 @@ families! {
         ["model", "aspect_ratio", "output_format"];
     stream_requests: IntCounter = "image_gateway_stream_requests_total",
         "Generation requests answered as server-sent events.";
+    spend: CounterVec = "image_gateway_spend_usd_total",
+        "USD spent at fal on generations this replica made (what the ledger records: fal's billable units where the price is per unit, else the delivered images at the endpoint's price), by model.",
+        ["model"];
+    saved: CounterVec = "image_gateway_spend_saved_usd_total",
+        "USD that answers without a fal job would otherwise have cost (what making them cost), by model and reason: cache (a hit, from memory or the shared Redis cache) or coalesced (joined an identical generation in flight).",
+        ["model", "reason"];
+    budget_refusals: IntCounter = "image_gateway_budget_refusals_total",
+        "Requests refused with 429 insufficient_quota: their key's budget could not cover the most they could cost; no fal job was made.";
+    database_errors: IntCounterVec = "image_gateway_database_errors_total",
+        "Failed calls to the key and spend database, by operation (key_lookup, reserve, settle, release, expire, admin).",
+        ["operation"], zeros = DbOp;
     build_info: IntGaugeVec = "image_gateway_build_info",
         "Always 1; the labels carry the version and backend.",
         ["version", "backend"];
@@ -319,6 +348,10 @@ impl Metrics {
         self.jobs
             .with_label_values(&[model, endpoint, outcome])
             .inc();
+    }
+
+    pub fn database_error(&self, op: DbOp) {
+        self.database_errors.with_label_values(&[op.as_str()]).inc();
     }
 
     pub fn count_lookup(&self, result: CacheResult) {

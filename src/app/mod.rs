@@ -101,11 +101,18 @@ impl Application {
             .set(1);
         let runtime = UpstreamRuntime::start(cores.min(4))?;
         let (store, has_keys) = wiring::database(&settings, &runtime.handle()?)?;
-        let service = wiring::service(&settings, &metrics, runtime.handle()?, TaskTracker::new())?;
+        let service = wiring::service(
+            &settings,
+            &metrics,
+            &store,
+            runtime.handle()?,
+            TaskTracker::new(),
+        )?;
         let keys = wiring::key_directory(
             &settings,
             store,
             has_keys,
+            metrics.clone(),
             &runtime.handle()?,
             service.stopping_token(),
         );

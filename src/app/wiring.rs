@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::openai::PlanLimits;
 use crate::service::limiter::JobLimiter;
 use crate::service::{GenerationService, ServiceParts};
+use crate::spend::Spend;
 use crate::store::Store;
 
 /// How often expired budget reservations (of requests a crashed replica
@@ -70,6 +71,7 @@ pub fn key_directory(
     settings: &Settings,
     store: Store,
     has_keys: bool,
+    metrics: Arc<Metrics>,
     runtime: &tokio::runtime::Handle,
     stop: tokio_util::sync::CancellationToken,
 ) -> Arc<KeyDirectory> {
@@ -91,6 +93,7 @@ pub fn key_directory(
                 () = stop.cancelled() => return,
             }
             if let Err(e) = store.expire_reservations().await {
+                metrics.database_error(crate::metrics::DbOp::Expire);
                 tracing::warn!(error = %e, "cannot expire budget reservations");
             }
         }
@@ -158,6 +161,7 @@ fn caches(
 pub fn service(
     settings: &Settings,
     metrics: &Arc<Metrics>,
+    store: &Store,
     runtime: tokio::runtime::Handle,
     tasks: TaskTracker,
 ) -> Result<Arc<GenerationService>, StartupError> {
@@ -177,6 +181,11 @@ pub fn service(
             metrics.clone(),
         ),
         metrics: metrics.clone(),
+        spend: Arc::new(Spend::new(
+            store.clone(),
+            metrics.clone(),
+            Duration::from_secs(settings.server.request_timeout_seconds),
+        )),
         request_timeout: Duration::from_secs(settings.server.request_timeout_seconds),
         cache_seeded_only: settings.cache.mode == CacheMode::Seeded,
         gone_skip: Duration::from_secs(settings.models.gone_skip_seconds),

@@ -2,6 +2,7 @@
 //! and the one place work is raced against them.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,6 +27,9 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// The seconds the deadline was set from, for the client's message.
     pub timeout_seconds: u64,
+    /// Who the job is billed to (a key's id, never its secret), for the
+    /// upstream's invoice (fal: `X-Fal-Tags`); `None` without a key.
+    pub account: Option<Arc<str>>,
 }
 
 impl JobContext {

@@ -89,6 +89,8 @@ impl ImageBackend for LocalBackend {
                 seed: (job.profile.input.seed == SeedSupport::InputOutput)
                     .then_some(job.seed.map(u64::from))
                     .flatten(),
+                // Offline renders cost nothing.
+                billable_units: Some(0.0),
             })
         }
         .boxed()

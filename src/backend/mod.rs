@@ -49,6 +49,9 @@ pub struct JobOutput {
     pub running: Option<Duration>,
     /// The seed the upstream reports having used, where it does.
     pub seed: Option<u64>,
+    /// The units the upstream bills this job for, when it says (fal:
+    /// `X-Fal-Billable-Units`).
+    pub billable_units: Option<f64>,
 }
 
 pub trait ImageBackend: Send + Sync + 'static {

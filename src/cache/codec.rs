@@ -73,6 +73,8 @@ impl Entry {
             backend: self.backend,
             endpoint: self.endpoint.into(),
             seed: self.seed,
+            // The shared cache does not carry what making it cost.
+            cost: crate::domain::MicroUsd::ZERO,
         }
     }
 }
@@ -292,6 +294,7 @@ mod tests {
             backend: BackendKind::Fal,
             endpoint: "fal-ai/nano-banana-2".into(),
             seed: Some(42),
+            cost: crate::domain::MicroUsd::ZERO,
         }
     }
 

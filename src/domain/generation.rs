@@ -68,4 +68,7 @@ pub struct Generation {
     pub endpoint: Arc<str>,
     /// The seed the endpoint reports having used, where it does.
     pub seed: Option<u64>,
+    /// What making it cost upstream (0 offline): what a cache hit or a
+    /// coalesced request saves.
+    pub cost: super::money::MicroUsd,
 }

@@ -9,16 +9,18 @@ use serde_json::{Value, json};
 use super::{AppState, body};
 use crate::admin;
 use crate::error::ApiError;
+use crate::metrics::DbOp;
 use crate::store::{StoreError, now};
 
 /// Admin bodies are a few fields.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-fn store_error(e: StoreError) -> ApiError {
-    match e {
+fn store_error(state: &AppState) -> impl Fn(StoreError) -> ApiError + '_ {
+    move |e| match e {
         StoreError::NotFound => ApiError::Internal,
         e => {
             tracing::error!(error = %e, "admin API: database failure");
+            state.metrics.database_error(DbOp::Admin);
             ApiError::StoreUnavailable
         }
     }
@@ -58,7 +60,7 @@ pub async fn create_key(
         .store()
         .create_key(new)
         .await
-        .map_err(store_error)?;
+        .map_err(store_error(&state))?;
     state.keys.key_made();
     tracing::info!(key_id = %record.id, "admin API: key created");
     let mut out = admin::key_json(&record, at);
@@ -68,7 +70,12 @@ pub async fn create_key(
 
 /// `GET /admin/v1/keys`: every key, revoked ones included, no secrets.
 pub async fn list_keys(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let keys = state.keys.store().keys().await.map_err(store_error)?;
+    let keys = state
+        .keys
+        .store()
+        .keys()
+        .await
+        .map_err(store_error(&state))?;
     let at = now();
     let data: Vec<Value> = keys.iter().map(|k| admin::key_json(k, at)).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
@@ -79,7 +86,12 @@ pub async fn get_key(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = state.keys.store().key(&id).await.map_err(store_error)?;
+    let key = state
+        .keys
+        .store()
+        .key(&id)
+        .await
+        .map_err(store_error(&state))?;
     let key = key.ok_or_else(|| no_such_key(&id))?;
     Ok(HttpResponse::Ok().json(admin::key_json(&key, now())))
 }
@@ -100,7 +112,7 @@ pub async fn update_key(
     } else {
         store.update_key(&id, patch).await
     }
-    .map_err(store_error)?
+    .map_err(store_error(&state))?
     .ok_or_else(|| no_such_key(&id))?;
     state.keys.invalidate_all();
     tracing::info!(key_id = %key.id, "admin API: key updated");
@@ -117,7 +129,7 @@ pub async fn revoke_key(
         .store()
         .revoke_key(&id)
         .await
-        .map_err(store_error)?
+        .map_err(store_error(&state))?
         .ok_or_else(|| no_such_key(&id))?;
     state.keys.invalidate_all();
     tracing::info!(key_id = %key.id, "admin API: key revoked");
@@ -134,6 +146,6 @@ pub async fn spend(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         .store()
         .spend(q.clone())
         .await
-        .map_err(store_error)?;
+        .map_err(store_error(&state))?;
     Ok(HttpResponse::Ok().json(admin::spend_json(&q, &rows)))
 }

@@ -3,22 +3,26 @@
 //! JSON (or its event stream).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder, web};
 
 use super::AppState;
+use super::middleware::RequestId;
 use super::{body, disconnect, stream};
 use crate::auth::{ClientId, DbKey};
 use crate::cache::{CacheDirectives, CacheStatus};
 use crate::config::CacheScope;
 use crate::domain::{
-    BackendKind, Date, Generation, GenerationPlan, Lifecycle, ResponseFormat, date,
+    BackendKind, Date, Generation, GenerationPlan, Lifecycle, MicroUsd, ResponseFormat, date,
 };
 use crate::error::{ApiError, RateLimitHeaders};
+use crate::metrics::SavedBy;
 use crate::openai::{self, parse_generation_body, response};
 use crate::service::Pending;
+use crate::spend::Payer;
 
 pub async fn create(
     req: HttpRequest,
@@ -68,9 +72,10 @@ pub async fn create(
         state.metrics.stream_requests.inc();
     }
 
+    let payer = payer(&req, client, db_key);
     let (pending, status) = state
         .service
-        .begin(&plan, tenant.as_ref().map(|t| &t[..]), directives)
+        .begin(&plan, tenant.as_ref().map(|t| &t[..]), directives, &payer)
         .await?;
     let backend = state.service.backend_kind();
     let mut res = if plan.stream {
@@ -83,13 +88,33 @@ pub async fn create(
             count_answer(&state, &plan, g);
         }
         generation_headers(&mut head, &plan, status, backend, ready);
+        // A stream's head goes out before its images exist: its cost is
+        // known then only when it is nothing (a hit, or joining a flight; a
+        // wait for another replica may still end in a generation here).
+        let free = match &pending {
+            Pending::Ready(_) => true,
+            Pending::Waiting(w) => status == CacheStatus::Coalesced && !w.provisional,
+        };
+        if free {
+            head.insert_header((COST_HEADER, "0"));
+        }
+        if let Some(g) = ready {
+            count_saved(&state, &plan, status, g);
+        }
         let client_gone = disconnect::closed(&req, disconnect::Watch::DuringAnswer);
         let metrics = (ready.is_none()).then(|| state.metrics.clone());
         let answer: stream::Answer = match pending {
             Pending::Ready(g) => Box::pin(futures_util::future::ready(Ok(g))),
             Pending::Waiting(w) => {
                 let service = state.service.clone();
-                Box::pin(async move { service.settle(w, status).await.0 })
+                let (state, plan) = (state.clone(), plan.clone());
+                Box::pin(async move {
+                    let (result, status) = service.settle(w, status).await;
+                    if let Ok(g) = &result {
+                        count_saved(&state, &plan, status, g);
+                    }
+                    result
+                })
             }
         };
         stream::respond(
@@ -101,22 +126,77 @@ pub async fn create(
             metrics,
         )
     } else {
-        let (generation, status) = match pending {
-            Pending::Ready(generation) => (generation, status),
+        let (generation, status, spent) = match pending {
+            Pending::Ready(generation) => (generation, status, MicroUsd::ZERO),
             // Only a request that waits watches its client's socket (a dup,
             // two epoll calls and a close): a cache hit is answered at once.
-            Pending::Waiting(waiter) => tokio::select! {
-                (generation, status) = state.service.settle(waiter, status) => (generation?, status),
-                () = disconnect::closed(&req, disconnect::Watch::BeforeAnswer) => return Err(ApiError::ClientClosedRequest),
-            },
+            Pending::Waiting(waiter) => {
+                let flight = waiter.flight().clone();
+                tokio::select! {
+                    (generation, status) = state.service.settle(waiter, status) => {
+                        (generation?, status, MicroUsd(flight.spent()))
+                    }
+                    () = disconnect::closed(&req, disconnect::Watch::BeforeAnswer) => return Err(ApiError::ClientClosedRequest),
+                }
+            }
         };
         count_answer(&state, &plan, &generation);
         let mut head = HttpResponse::Ok();
         generation_headers(&mut head, &plan, status, backend, Some(&generation));
+        // Only the request whose flight made the images paid for them.
+        let cost = match status {
+            CacheStatus::Miss | CacheStatus::Bypass => spent,
+            _ => MicroUsd::ZERO,
+        };
+        head.insert_header((COST_HEADER, cost.usd_string()));
+        count_saved(&state, &plan, status, &generation);
         json_answer(head, &generation, &base_url(&req, &state))
     };
     add_limit_headers(res.headers_mut(), &limit_headers);
     Ok(res)
+}
+
+/// What the request cost upstream, in decimal USD.
+const COST_HEADER: &str = "x-image-gateway-cost-usd";
+
+/// Who the request's generation is billed to.
+fn payer(req: &HttpRequest, client: Option<ClientId>, db_key: Option<DbKey>) -> Payer {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| Arc::<str>::from(r.0.as_str()));
+    match (db_key, client) {
+        (Some(DbKey(key)), _) => Payer {
+            account: Some(key.id.as_str().into()),
+            key: Some(key),
+            request_id,
+        },
+        (None, Some(client)) => Payer {
+            account: Some(client.config_account().into()),
+            key: None,
+            request_id,
+        },
+        (None, None) => Payer {
+            request_id,
+            ..Payer::default()
+        },
+    }
+}
+
+/// Money an answer without a job saved: what making it cost.
+fn count_saved(state: &AppState, plan: &GenerationPlan, status: CacheStatus, g: &Generation) {
+    let reason = match status {
+        CacheStatus::Hit | CacheStatus::SharedHit => SavedBy::Cache,
+        CacheStatus::Coalesced => SavedBy::Coalesced,
+        CacheStatus::Miss | CacheStatus::Bypass => return,
+    };
+    if g.cost > MicroUsd::ZERO {
+        state
+            .metrics
+            .saved
+            .with_label_values(&[plan.model.id.as_str(), reason.as_str()])
+            .inc_by(g.cost.0 as f64 / 1_000_000.0);
+    }
 }
 
 /// OpenAI's JSON, written as chunks that share the image bytes.

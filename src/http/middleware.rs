@@ -192,6 +192,9 @@ pub async fn require_key(
         })),
         Err(e) => {
             tracing::error!(error = %e, "cannot look a client key up in the database");
+            state
+                .metrics
+                .database_error(crate::metrics::DbOp::KeyLookup);
             Ok(req.error_response(ApiError::StoreUnavailable))
         }
     }

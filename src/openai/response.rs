@@ -84,6 +84,7 @@ mod tests {
             backend: BackendKind::Fal,
             endpoint: "fal-ai/imagen4/preview/fast".into(),
             seed: None,
+            cost: crate::domain::MicroUsd::ZERO,
         }
     }
 

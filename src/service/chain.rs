@@ -16,10 +16,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::GenerationService;
-use crate::domain::{EndpointProfile, Generation, GenerationPlan, date};
+use super::{GenerationService, Made};
+use crate::domain::{BackendKind, EndpointProfile, Generation, GenerationPlan, MicroUsd, date};
 use crate::error::{ApiError, Fallback};
 use crate::metrics::FallbackReason;
+use crate::spend::Payer;
 
 /// What an operator can do about an endpoint that is gone.
 pub const GONE_HINT: &str = "configure a successor: models.successors = \"behind\" (Imagen 4's successors on fal), or more endpoints in the model's models.catalog entry; see docs/models.md";
@@ -82,7 +83,8 @@ impl GenerationService {
         plan: &GenerationPlan,
         token: &CancellationToken,
         deadline: Instant,
-    ) -> Result<Generation, ApiError> {
+        payer: &Payer,
+    ) -> Result<(Generation, Made), ApiError> {
         let model = plan.model.id.as_str();
         let today = date::today();
         let chain: Vec<&Arc<EndpointProfile>> = plan
@@ -115,8 +117,11 @@ impl GenerationService {
                     job.start_timeout = Some(self.start_timeout);
                 }
             }
-            let error = match self.produce_on(plan, &on_endpoint, token, deadline).await {
-                Ok(generation) => return Ok(generation),
+            let error = match self
+                .produce_on(plan, &on_endpoint, token, deadline, payer)
+                .await
+            {
+                Ok(made) => return Ok(made),
                 Err(e) => e,
             };
             let Some(reason) = error.fallback() else {
@@ -146,6 +151,23 @@ impl GenerationService {
             last_error = Some(error);
         }
         Err(exhausted(plan, &chain, &gone, last_error))
+    }
+
+    /// The most `plan` could cost on the endpoints of its chain that may
+    /// serve it (fallback may move it to a dearer one than the first): what
+    /// a budget reserves. Nothing on the offline backend.
+    pub(super) fn max_cost(&self, plan: &GenerationPlan) -> MicroUsd {
+        if self.backend.kind() == BackendKind::Local {
+            return MicroUsd::ZERO;
+        }
+        let today = date::today();
+        plan.model
+            .chain
+            .iter()
+            .filter(|p| !p.lifecycle.is_sunset(today))
+            .map(|p| plan.for_endpoint(p).max_cost())
+            .max()
+            .unwrap_or(MicroUsd::ZERO)
     }
 }
 
@@ -227,6 +249,8 @@ mod tests {
     use crate::openai::{PlanLimits, parse_generation_body, plan};
     use crate::service::limiter::JobLimiter;
     use crate::service::{Pending, ServiceParts};
+    use crate::spend::Spend;
+    use crate::store::Store;
 
     /// A backend that fails the jobs `fails` picks (after `delay`) and
     /// makes the others' images at once, recording (endpoint, images).
@@ -266,32 +290,57 @@ mod tests {
                     queued: None,
                     running: None,
                     seed: None,
+                    billable_units: None,
                 })
             })
         }
     }
 
-    fn service(backend: Arc<Scripted>) -> Arc<GenerationService> {
+    async fn service(backend: Arc<Scripted>) -> Arc<GenerationService> {
+        service_with_store(backend).await.0
+    }
+
+    async fn service_with_store(backend: Arc<Scripted>) -> (Arc<GenerationService>, Store) {
         let metrics = Arc::new(Metrics::new());
-        GenerationService::new(ServiceParts {
+        let store = Store::open(&crate::config::DatabaseSettings {
+            url: crate::config::DatabaseUrl::new("sqlite::memory:"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let service = GenerationService::new(ServiceParts {
             backend,
             files: Arc::new(FileStore::new(1 << 20, Duration::from_secs(60))),
             cache: None,
             shared_cache: None,
             cache_seeded_only: false,
             limiter: JobLimiter::new(8, 8, metrics.clone()),
+            spend: Arc::new(Spend::new(
+                store.clone(),
+                metrics.clone(),
+                Duration::from_secs(30),
+            )),
             metrics,
             request_timeout: Duration::from_secs(30),
             gone_skip: Duration::from_secs(60),
             start_timeout: Duration::from_secs(10),
             runtime: tokio::runtime::Handle::current(),
             tasks: TaskTracker::new(),
-        })
+        });
+        (service, store)
     }
 
     async fn generate(
         service: &Arc<GenerationService>,
         body: &str,
+    ) -> Result<Arc<Generation>, ApiError> {
+        generate_for(service, body, &Payer::default()).await
+    }
+
+    async fn generate_for(
+        service: &Arc<GenerationService>,
+        body: &str,
+        payer: &Payer,
     ) -> Result<Arc<Generation>, ApiError> {
         let settings = ModelSettings {
             successors: Successors::Behind,
@@ -304,7 +353,7 @@ mod tests {
         };
         let plan = plan(&parsed.request, vec![], &catalog, limits).unwrap();
         let (pending, _) = service
-            .begin(&plan, None, CacheDirectives::default())
+            .begin(&plan, None, CacheDirectives::default(), payer)
             .await?;
         match pending {
             Pending::Ready(g) => Ok(g),
@@ -328,7 +377,7 @@ mod tests {
             delay: Duration::from_millis(100),
             calls: StdMutex::new(Vec::new()),
         });
-        let service = service(backend.clone());
+        let service = service(backend.clone()).await;
 
         let e = generate(&service, r#"{"prompt":"x","n":5}"#)
             .await
@@ -348,18 +397,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_next_endpoint_gets_a_plan_of_its_own() {
         let backend = Arc::new(Scripted {
-            fails: |job| {
-                (job.endpoint.full() == "fal-ai/imagen4/preview/fast").then(|| {
-                    ApiError::Upstream {
-                        message: "gone".into(),
-                    }
-                    .unavailable(Fallback::Gone)
-                })
-            },
+            fails: imagen_gone,
             delay: Duration::ZERO,
             calls: StdMutex::new(Vec::new()),
         });
-        let service = service(backend.clone());
+        let service = service(backend.clone()).await;
 
         let g = generate(&service, r#"{"prompt":"x","n":5,"size":"1536x1024"}"#)
             .await
@@ -384,6 +426,84 @@ mod tests {
         generate(&service, r#"{"prompt":"y"}"#).await.unwrap();
         let calls = backend.calls.lock().unwrap().clone();
         assert_eq!(calls[before..], [("fal-ai/nano-banana-2".to_owned(), 1)]);
+    }
+
+    /// A payer for a new database key with a budget of `budget` micro-USD.
+    async fn payer_with_budget(store: &Store, budget: u64) -> Payer {
+        let (key, _secret) = store
+            .create_key(crate::store::keys::NewKey {
+                name: "fallback".into(),
+                budget_micro_usd: Some(budget),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        Payer {
+            account: Some(key.id.as_str().into()),
+            key: Some(Arc::new(key)),
+            request_id: None,
+        }
+    }
+
+    fn imagen_gone(job: &Job) -> Option<ApiError> {
+        (job.endpoint.full() == "fal-ai/imagen4/preview/fast").then(|| {
+            ApiError::Upstream {
+                message: "gone".into(),
+            }
+            .unavailable(Fallback::Gone)
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_budget_reserves_the_dearest_endpoint_of_the_chain_and_pays_the_one_that_served() {
+        // imagen-4-fast with successors behind: Imagen 4 fast ($0.02), then
+        // nano-banana-2 ($0.08 at 1K), ... Fallback may land on the dearer.
+        let backend = Arc::new(Scripted {
+            fails: imagen_gone,
+            delay: Duration::ZERO,
+            calls: StdMutex::new(Vec::new()),
+        });
+        let (service, store) = service_with_store(backend.clone()).await;
+        let chain_max = {
+            let settings = ModelSettings {
+                successors: Successors::Behind,
+                ..ModelSettings::default()
+            };
+            let catalog = settings.catalog().unwrap();
+            let parsed = parse_generation_body(br#"{"prompt":"x"}"#).unwrap();
+            let limits = PlanLimits {
+                max_prompt_chars: 1000,
+            };
+            let plan = plan(&parsed.request, vec![], &catalog, limits).unwrap();
+            assert_eq!(
+                plan.model.primary().endpoint.full(),
+                "fal-ai/imagen4/preview/fast"
+            );
+            service.max_cost(&plan)
+        };
+        assert!(chain_max >= MicroUsd(80_000), "{chain_max:?}");
+
+        // A key that could pay Imagen but not the chain's dearest endpoint
+        // is refused before any job.
+        let short = payer_with_budget(&store, chain_max.0 - 1).await;
+        let e = generate_for(&service, r#"{"prompt":"x"}"#, &short)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::InsufficientQuota { .. }), "{e:?}");
+        assert!(backend.calls.lock().unwrap().is_empty());
+
+        // One that can: the gone Imagen moves it to nano-banana-2, and it
+        // pays nano-banana-2's price, not the reservation nor Imagen's.
+        let payer = payer_with_budget(&store, chain_max.0).await;
+        let g = generate_for(&service, r#"{"prompt":"x"}"#, &payer)
+            .await
+            .unwrap();
+        assert_eq!(&*g.endpoint, "fal-ai/nano-banana-2");
+        assert_eq!(g.cost, MicroUsd(80_000));
+        let key_id = payer.key.as_ref().unwrap().id.clone();
+        let key = store.key(&key_id).await.unwrap().unwrap();
+        assert_eq!(key.spent_micro_usd, 80_000);
+        assert_eq!(key.reserved_micro_usd, 0, "the reservation settled");
     }
 
     #[test]

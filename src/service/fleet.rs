@@ -5,15 +5,18 @@
 
 use tokio::time::Instant;
 
-use super::GenerationService;
 use super::flights::{Flight, Source};
+use super::{GenerationService, Made};
 use crate::cache::CacheKey;
 use crate::cache::redis::{Lock, LockGuard, RedisCache, Wait};
 use crate::domain::{Generation, GenerationPlan};
 use crate::error::ApiError;
+use crate::spend::Payer;
 
 /// `store`: the answer will be kept (not `no-store`), so it is worth waiting
-/// for another replica's and worth writing to Redis.
+/// for another replica's and worth writing to Redis. `Some(Made)` when the
+/// generation was made here (for `payer`).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn fill(
     service: &GenerationService,
     l2: &RedisCache,
@@ -22,22 +25,23 @@ pub(super) async fn fill(
     plan: &GenerationPlan,
     flight: &Flight,
     deadline: Instant,
-) -> Result<Generation, ApiError> {
+    payer: &Payer,
+) -> Result<(Generation, Option<Made>), ApiError> {
     let files = service.files();
     if let Some(g) = l2.lookup(&key, files).await {
         flight.set_source(Source::Shared);
-        return Ok(g);
+        return Ok((g, None));
     }
     let lock = if store {
         match take_lock_or_wait(service, l2, key, flight, deadline).await? {
-            Taken::Answer(g) => return Ok(g),
+            Taken::Answer(g) => return Ok((g, None)),
             Taken::Lock(guard) => guard,
         }
     } else {
         None
     };
     flight.set_source(Source::Generate);
-    let produced = service.produce(plan, &flight.token, deadline);
+    let produced = service.produce(plan, &flight.token, deadline, payer);
     let result = match &lock {
         Some(guard) => tokio::select! {
             r = produced => r,
@@ -46,7 +50,7 @@ pub(super) async fn fill(
         None => produced.await,
     };
     match (&result, &lock) {
-        (Ok(generation), _) if store => l2.store(&key, generation, files).await,
+        (Ok((generation, _)), _) if store => l2.store(&key, generation, files).await,
         // Replicas waiting on this lock answer the same error rather than
         // each running the generation again.
         (Err(e), Some(_)) => l2.share_failure(&key, e).await,
@@ -55,7 +59,7 @@ pub(super) async fn fill(
     if let Some(guard) = lock {
         l2.release(guard).await;
     }
-    result
+    result.map(|(g, made)| (g, Some(made)))
 }
 
 enum Taken {

@@ -11,7 +11,7 @@
 //! another replica and a generation of its own.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
@@ -51,6 +51,8 @@ pub struct Flight {
     waiters: AtomicUsize,
     /// Cancelled when nobody waits any more, or at shutdown.
     pub token: CancellationToken,
+    /// Micro-dollars this flight spent upstream (set before its answer).
+    spent: AtomicU64,
 }
 
 impl Flight {
@@ -59,7 +61,19 @@ impl Flight {
             progress: watch::channel(Progress::default()).0,
             waiters: AtomicUsize::new(0),
             token,
+            spent: AtomicU64::new(0),
         })
+    }
+
+    /// Record what this flight spent upstream; call before [`Self::finish`].
+    pub fn set_spent(&self, micro_usd: u64) {
+        self.spent.store(micro_usd, Ordering::Release);
+    }
+
+    /// What this flight spent upstream: its leader's cost. Known once the
+    /// answer is.
+    pub fn spent(&self) -> u64 {
+        self.spent.load(Ordering::Acquire)
     }
 
     /// Say where the answer will come from. The first word stands for
@@ -124,6 +138,11 @@ impl Waiter {
             // internal error) is what `wait` will return.
             Err(_) => Source::Generate,
         }
+    }
+
+    /// The flight waited on.
+    pub fn flight(&self) -> &Arc<Flight> {
+        &self.flight
     }
 
     /// Wait for the flight's answer.
@@ -226,6 +245,23 @@ impl Flights {
         let flight = make();
         map.insert(k, flight.clone());
         (Joined::Leader(waiter(&flight)), flight)
+    }
+
+    /// Join the live flight for `key` if there is one; never starts one.
+    pub fn join_existing(self: &Arc<Self>, key: CacheKey) -> Option<Waiter> {
+        let map = self.lock();
+        let existing = map.get(&key)?;
+        if existing.token.is_cancelled() || existing.is_finished() {
+            return None;
+        }
+        existing.waiters.fetch_add(1, Ordering::AcqRel);
+        Some(Waiter {
+            flight: existing.clone(),
+            key: Some(key),
+            flights: self.clone(),
+            done: false,
+            provisional: false,
+        })
     }
 
     /// Forget a finished flight (after its answer went to the cache).

@@ -25,11 +25,14 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
 use crate::cache::{CacheDirectives, CacheKey, CacheStatus, MemoryCache, RedisCache};
 use crate::domain::{
-    BackendKind, EndpointPlan, Generation, GenerationPlan, Image, Job, OutputFormat, ResponseFormat,
+    BackendKind, EndpointPlan, Generation, GenerationPlan, Image, Job, MicroUsd, OutputFormat,
+    ResponseFormat,
 };
 use crate::error::ApiError;
 use crate::files::FileStore;
 use crate::metrics::Metrics;
+use crate::spend::{self, Payer, Spend};
+use crate::store::budget::{Charge, Reservation};
 
 pub mod chain;
 mod fleet;
@@ -67,6 +70,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
+/// What a generation this replica made reported about its bill.
+pub(crate) struct Made {
+    /// The upstream's billable units, summed over the jobs that reported them.
+    billable_units: Option<f64>,
+}
+
 /// A generation ready now, or one to wait for.
 pub enum Pending {
     Ready(Arc<Generation>),
@@ -90,6 +99,8 @@ pub struct ServiceParts {
     pub shared_cache: Option<Arc<RedisCache>>,
     pub limiter: JobLimiter,
     pub metrics: Arc<Metrics>,
+    /// Budgets and the spend ledger.
+    pub spend: Arc<Spend>,
     pub request_timeout: Duration,
     /// `cache.mode = "seeded"`: only plans with a seed use the cache.
     pub cache_seeded_only: bool,
@@ -111,6 +122,7 @@ pub struct GenerationService {
     flights: Arc<Flights>,
     limiter: JobLimiter,
     metrics: Arc<Metrics>,
+    spend: Arc<Spend>,
     request_timeout: Duration,
     cache_seeded_only: bool,
     gone: GoneEndpoints,
@@ -132,6 +144,7 @@ impl GenerationService {
             shared_cache: parts.shared_cache,
             limiter: parts.limiter,
             metrics: parts.metrics,
+            spend: parts.spend,
             request_timeout: parts.request_timeout,
             cache_seeded_only: parts.cache_seeded_only,
             gone: GoneEndpoints::new(parts.gone_skip),
@@ -147,11 +160,17 @@ impl GenerationService {
     /// on an identical in-flight job or a new one (`Waiting`). Callers send
     /// `x-cache` from the returned status before waiting, so a stream can
     /// start before the images exist.
+    ///
+    /// A payer with a budget reserves the most the request could cost before
+    /// a flight of its own can start (refused: `insufficient_quota`, and no
+    /// job); a cache hit or joining a flight in flight costs nothing and
+    /// needs no reservation, whatever is left of the budget.
     pub async fn begin(
         self: &Arc<Self>,
         plan: &GenerationPlan,
         tenant: Option<&[u8]>,
         directives: CacheDirectives,
+        payer: &Payer,
     ) -> Result<(Pending, CacheStatus), ApiError> {
         if self.stopping.is_cancelled() {
             return Err(ApiError::ShuttingDown);
@@ -171,13 +190,29 @@ impl GenerationService {
             shared: key.filter(|_| !directives.no_cache),
             store: key.filter(|_| !directives.no_store),
         };
+        let mut reservation = None;
+        if payer.key.is_some() {
+            if let Some(w) = keys.shared.and_then(|k| self.flights.join_existing(k)) {
+                self.metrics.count_lookup(CacheStatus::Coalesced.result());
+                return Ok((Pending::Waiting(w), CacheStatus::Coalesced));
+            }
+            reservation = self.spend.reserve(payer, self.max_cost(plan)).await?;
+        }
         let (joined, flight) = self
             .flights
             .join_or_start(keys.shared, || Flight::new(self.stopping.child_token()));
         let (waiter, status) = match joined {
-            Joined::Follower(w) => (w, CacheStatus::Coalesced),
+            Joined::Follower(w) => {
+                // Another request started the same generation meanwhile.
+                if let Some(r) = reservation {
+                    let spend = self.spend.clone();
+                    self.tasks
+                        .spawn_on(async move { spend.release(r).await }, &self.runtime);
+                }
+                (w, CacheStatus::Coalesced)
+            }
             Joined::Leader(mut w) => {
-                self.spawn_flight(plan.clone(), flight, keys);
+                self.spawn_flight(plan.clone(), flight, keys, payer.clone(), reservation);
                 // Only with a shared cache can the answer come from elsewhere.
                 let source = if self.shared_cache.is_some() && keys.shared.is_some() {
                     w.source().await
@@ -226,7 +261,14 @@ impl GenerationService {
         (result, status)
     }
 
-    fn spawn_flight(self: &Arc<Self>, plan: GenerationPlan, flight: Arc<Flight>, keys: FlightKeys) {
+    fn spawn_flight(
+        self: &Arc<Self>,
+        plan: GenerationPlan,
+        flight: Arc<Flight>,
+        keys: FlightKeys,
+        payer: Payer,
+        reservation: Option<Reservation>,
+    ) {
         let service = self.clone();
         self.tasks.spawn_on(
             async move {
@@ -238,7 +280,7 @@ impl GenerationService {
                     key: keys.shared,
                     service: service.clone(),
                 };
-                let result = AssertUnwindSafe(service.fly(&plan, &flight, keys))
+                let flown = AssertUnwindSafe(service.fly(&plan, &flight, keys, &payer))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|panic| {
@@ -248,6 +290,11 @@ impl GenerationService {
                         );
                         Err(ApiError::Internal)
                     });
+                // Settled before the answer goes out, so the next request
+                // sees the real cost, not the reservation.
+                let result = service
+                    .account(&plan, &payer, reservation, &flight, flown)
+                    .await;
                 // Out of the table before the waiters wake: a request they
                 // prompt starts afresh.
                 if let Some(key) = keys.shared {
@@ -260,46 +307,102 @@ impl GenerationService {
     }
 
     /// One flight: the caches and the fleet first, else a generation here;
-    /// what it got is kept in memory unless `no-store`.
-    async fn fly(&self, plan: &GenerationPlan, flight: &Flight, keys: FlightKeys) -> FlightResult {
+    /// what it got is kept in memory unless `no-store`. `Some(Made)` when
+    /// this flight made it (and so paid for it).
+    async fn fly(
+        &self,
+        plan: &GenerationPlan,
+        flight: &Flight,
+        keys: FlightKeys,
+        payer: &Payer,
+    ) -> Result<(Arc<Generation>, Option<Made>), ApiError> {
         // An identical flight may have finished between this request's cache
         // miss and its registering as a leader.
         if let (Some(cache), Some(key)) = (&self.cache, keys.shared)
             && let Some(generation) = cache.get(&key).await
         {
-            return Ok(generation);
+            return Ok((generation, None));
         }
         let deadline = Instant::now() + self.request_timeout;
-        let generation = match (&self.shared_cache, keys.shared) {
+        let (generation, made) = match (&self.shared_cache, keys.shared) {
             (Some(l2), Some(key)) => {
-                fleet::fill(self, l2, key, keys.store.is_some(), plan, flight, deadline).await?
+                fleet::fill(
+                    self,
+                    l2,
+                    key,
+                    keys.store.is_some(),
+                    plan,
+                    flight,
+                    deadline,
+                    payer,
+                )
+                .await?
             }
             _ => {
                 flight.set_source(Source::Generate);
-                self.produce(plan, &flight.token, deadline).await?
+                let (g, made) = self.produce(plan, &flight.token, deadline, payer).await?;
+                (g, Some(made))
             }
         };
         let generation = Arc::new(generation);
         if let (Some(cache), Some(key)) = (&self.cache, keys.store) {
             cache.insert(key, generation.clone()).await;
         }
-        Ok(generation)
+        Ok((generation, made))
     }
 
-    /// Run a plan's jobs on one endpoint and deliver the images in the
-    /// requested form.
+    /// The money side of a finished flight: what it made is settled to its
+    /// real cost (the ledger, the spend metric, the payer's budget); a
+    /// reservation for nothing made is released.
+    async fn account(
+        &self,
+        plan: &GenerationPlan,
+        payer: &Payer,
+        reservation: Option<Reservation>,
+        flight: &Flight,
+        flown: Result<(Arc<Generation>, Option<Made>), ApiError>,
+    ) -> FlightResult {
+        match &flown {
+            Ok((g, Some(made))) => {
+                flight.set_spent(g.cost.0);
+                let charge = Charge {
+                    key_id: payer.account.as_deref().map(str::to_owned),
+                    model: plan.model.id.clone(),
+                    // The endpoint that served, which fallback may have
+                    // moved down the chain.
+                    endpoint: g.endpoint.to_string(),
+                    images: g.images.len() as u32,
+                    cost_micro_usd: g.cost.0,
+                    billable_units: made.billable_units,
+                    request_id: payer.request_id.as_deref().map(str::to_owned),
+                };
+                self.spend.settle(reservation, charge).await;
+            }
+            _ => {
+                if let Some(r) = reservation {
+                    self.spend.release(r).await;
+                }
+            }
+        }
+        flown.map(|(g, _)| g)
+    }
+
+    /// Run a plan's jobs on one endpoint, billed to `payer`, and deliver
+    /// the images in the requested form, with what they cost.
     async fn produce_on(
         &self,
         plan: &GenerationPlan,
         on_endpoint: &EndpointPlan,
         token: &CancellationToken,
         deadline: Instant,
-    ) -> Result<Generation, ApiError> {
+        payer: &Payer,
+    ) -> Result<(Generation, Made), ApiError> {
         let jobs = &on_endpoint.jobs;
         let ctx = JobContext {
             deadline,
             cancel: token.clone(),
             timeout_seconds: self.request_timeout.as_secs(),
+            account: payer.account.clone(),
         };
         // A plan of more jobs than the whole limit gets every slot and runs
         // that many of its jobs at a time.
@@ -315,7 +418,15 @@ impl GenerationService {
         let mut dims = None;
         let mut format = None;
         let seed = outputs.iter().find_map(|o| o.seed);
+        let mut cost = MicroUsd::ZERO;
+        let mut units: Option<f64> = None;
         for (job, output) in jobs.iter().zip(outputs) {
+            if self.backend.kind() == BackendKind::Fal {
+                cost = cost.saturating_add(spend::delivered_cost(job, &output));
+            }
+            if let Some(u) = output.billable_units {
+                units = Some(units.unwrap_or(0.0) + u);
+            }
             // A backend answering more images than its job asked for gets
             // the extra ones dropped.
             for image in output.images.into_iter().take(usize::from(job.num_images)) {
@@ -331,7 +442,7 @@ impl GenerationService {
             }
         }
         let (w, h) = dims.unwrap_or(on_endpoint.size);
-        Ok(Generation {
+        let generation = Generation {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
@@ -343,7 +454,14 @@ impl GenerationService {
             backend: self.backend.kind(),
             endpoint: on_endpoint.profile.endpoint.full().into(),
             seed,
-        })
+            cost,
+        };
+        Ok((
+            generation,
+            Made {
+                billable_units: units,
+            },
+        ))
     }
 
     /// The jobs, `parallel` at a time (in order); the first failure
@@ -488,6 +606,11 @@ impl GenerationService {
         self.shared_cache.as_ref().map(|l2| l2.is_up())
     }
 
+    /// Budgets and the spend ledger.
+    pub fn spend(&self) -> &Spend {
+        &self.spend
+    }
+
     pub fn backend_kind(&self) -> BackendKind {
         self.backend.kind()
     }
@@ -552,8 +675,14 @@ mod tests {
         }
     }
 
-    fn service(backend: Arc<dyn ImageBackend>) -> Arc<GenerationService> {
+    async fn service(backend: Arc<dyn ImageBackend>) -> Arc<GenerationService> {
         let metrics = Arc::new(Metrics::new());
+        let store = crate::store::Store::open(&crate::config::DatabaseSettings {
+            url: crate::config::DatabaseUrl::new("sqlite::memory:"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         GenerationService::new(ServiceParts {
             backend,
             files: Arc::new(FileStore::new(1 << 20, Duration::from_secs(60))),
@@ -565,6 +694,7 @@ mod tests {
             shared_cache: None,
             cache_seeded_only: false,
             limiter: JobLimiter::new(4, 4, metrics.clone()),
+            spend: Arc::new(Spend::new(store, metrics.clone(), Duration::from_secs(30))),
             metrics,
             request_timeout: Duration::from_secs(30),
             gone_skip: Duration::from_secs(60),
@@ -577,7 +707,7 @@ mod tests {
     async fn wait(service: &Arc<GenerationService>) -> Result<Arc<Generation>, ApiError> {
         let plan = plan_json(r#"{"prompt":"panic"}"#).unwrap();
         let (pending, _) = service
-            .begin(&plan, None, CacheDirectives::default())
+            .begin(&plan, None, CacheDirectives::default(), &Payer::default())
             .await?;
         match pending {
             Pending::Ready(g) => Ok(g),
@@ -587,7 +717,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_in_a_generation_answers_every_waiter_with_a_500_at_once() {
-        let service = service(Arc::new(Panics));
+        let service = service(Arc::new(Panics)).await;
 
         let (leader, follower) = tokio::time::timeout(Duration::from_secs(5), async {
             tokio::join!(wait(&service), wait(&service))

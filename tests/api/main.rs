@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod budgets;
 mod cache;
 mod connections;
 mod dashboards;

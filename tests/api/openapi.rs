@@ -951,6 +951,7 @@ async fn every_header_a_live_response_carries_is_documented() {
     for h in [
         "age",
         "x-image-gateway-ignored-fields",
+        "x-image-gateway-cost-usd",
         "x-accel-buffering",
         "cache-control",
         "www-authenticate",

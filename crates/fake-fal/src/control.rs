@@ -129,6 +129,10 @@ pub struct FakeConfig {
     /// Interval of the `: keep-alive` comments on status streams (fal sends
     /// one every 15 s).
     pub stream_keepalive_ms: u64,
+    /// `X-Fal-Billable-Units` on result and run answers: this many units per
+    /// image delivered (fal bills Imagen per image: 1). Negative: the header
+    /// is not sent.
+    pub billable_units_per_image: f64,
 }
 
 impl Default for FakeConfig {
@@ -141,6 +145,7 @@ impl Default for FakeConfig {
             noise: 0,
             advertised_base: String::new(),
             stream_keepalive_ms: 15_000,
+            billable_units_per_image: 1.0,
         }
     }
 }

@@ -395,7 +395,7 @@ async fn result(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
         }
         return res.body(failure.result_body);
     }
-    output(&state, schema, &input, fault)
+    billed(&state, &input, output(&state, schema, &input, fault))
 }
 
 /// The schema of `endpoint` and how long its jobs stay queued (when it is
@@ -456,7 +456,7 @@ async fn run(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> Htt
     if total > 0 {
         tokio::time::sleep(Duration::from_millis(total)).await;
     }
-    output(&state, schema, &input, fault)
+    billed(&state, &input, output(&state, schema, &input, fault))
 }
 
 /// The file name an image is served under:
@@ -494,6 +494,21 @@ fn dimensions(size: (u32, u32), full: bool) -> (u32, u32) {
     } else {
         ((size.0 / 16).max(1), (size.1 / 16).max(1))
     }
+}
+
+/// A successful output answer carries `X-Fal-Billable-Units`, as fal's do.
+fn billed(state: &State, input: &ModelInput, mut res: HttpResponse) -> HttpResponse {
+    let per_image = lock(&state.config).billable_units_per_image;
+    if res.status().is_success() && per_image >= 0.0 {
+        let units = per_image * f64::from(input.num_images);
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&units.to_string()) {
+            res.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-fal-billable-units"),
+                v,
+            );
+        }
+    }
+    res
 }
 
 /// The model's output for an input, shaped by a result fault if any.

@@ -201,6 +201,7 @@ impl FalBackend {
             queued: Some(started - submitted_at),
             running: Some(done - started),
             seed,
+            billable_units: billable_units(&answer.headers),
         })
     }
 
@@ -225,13 +226,16 @@ impl FalBackend {
             deadline: ctx.deadline,
             cancel: CancellationToken::new(),
             timeout_seconds: ctx.timeout_seconds,
+            account: ctx.account.clone(),
         };
         let shared = self.shared.clone();
         let deadline = ctx.deadline;
         let start_timeout = job.start_timeout;
+        let tags = fal_tags(ctx);
         let mut task: JoinHandle<Result<Answer, CallError>> = self.shared.cancels.spawn(
             async move {
-                let build = |u: &str| shared.paid_post(u, &body, deadline, start_timeout);
+                let build =
+                    |u: &str| shared.paid_post(u, &body, deadline, start_timeout, tags.as_ref());
                 shared
                     .upstream
                     .call(Operation::Submit, &url, build, &submit_ctx, policy)
@@ -415,8 +419,13 @@ impl FalBackend {
                 Operation::Run,
                 &url,
                 |u| {
-                    self.shared
-                        .paid_post(u, &body, ctx.deadline, job.start_timeout)
+                    self.shared.paid_post(
+                        u,
+                        &body,
+                        ctx.deadline,
+                        job.start_timeout,
+                        fal_tags(ctx).as_ref(),
+                    )
                 },
                 ctx,
                 policy,
@@ -439,6 +448,7 @@ impl FalBackend {
             queued: None,
             running: Some(started.elapsed()),
             seed,
+            billable_units: billable_units(&answer.headers),
         })
     }
 }
@@ -461,12 +471,16 @@ impl Shared {
         body: &Bytes,
         deadline: Instant,
         start_timeout: Option<Duration>,
+        tags: Option<&HeaderValue>,
     ) -> reqwest::RequestBuilder {
         let mut req = self
             .request(Method::POST, url)
             .headers(self.controls.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(body.clone());
+        if let Some(tags) = tags {
+            req = req.header("x-fal-tags", tags.clone());
+        }
         let mut left = deadline.saturating_duration_since(Instant::now());
         if let Some(limit) = start_timeout {
             left = left.min(limit);
@@ -554,6 +568,7 @@ impl Shared {
                     deadline: Instant::now() + CANCEL_BUDGET,
                     cancel: CancellationToken::new(),
                     timeout_seconds: CANCEL_BUDGET.as_secs(),
+                    account: None,
                 };
                 let policy = CallPolicy {
                     max_retries: Some(CANCEL_RETRIES),
@@ -672,6 +687,38 @@ fn controls(settings: &FalSettings) -> Result<HeaderMap, String> {
         h.insert("x-fal-queue-priority", HeaderValue::from_static("low"));
     }
     Ok(h)
+}
+
+/// The tag key under which fal's usage and billing reports show the
+/// gateway's key.
+pub const TAG_KEY: &str = "gateway_key";
+
+/// `X-Fal-Tags: gateway_key=<account>` for the job's payer: its key's id,
+/// never the secret, within fal's limits (a value of at most 256
+/// characters; only `[A-Za-z0-9._-]` here, so no `,` or `=` can break the
+/// list). `None` without a key.
+fn fal_tags(ctx: &JobContext) -> Option<HeaderValue> {
+    let account = ctx.account.as_deref()?;
+    let fits = !account.is_empty()
+        && account.len() <= 256
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    fits.then(|| HeaderValue::from_str(&format!("{TAG_KEY}={account}")).ok())
+        .flatten()
+}
+
+/// fal's `X-Fal-Billable-Units` (the units the request is billed for), when
+/// it sent a sensible one.
+fn billable_units(headers: &HeaderMap) -> Option<f64> {
+    headers
+        .get("x-fal-billable-units")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|u| u.is_finite() && *u >= 0.0)
 }
 
 /// The JSON body fal receives for `job`.

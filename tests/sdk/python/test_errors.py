@@ -2,7 +2,9 @@
 matching exception class, with `.status_code`, `.code`, `.param`, `.type` and
 `.request_id` populated as OpenAI populates them."""
 
+import json
 import time
+import urllib.request
 
 import openai
 import pytest
@@ -224,3 +226,50 @@ def test_keys_never_reach_the_gateway_log(gw, fake):
     assert "fal refused" in log  # the failure was logged, without the key
     for secret in (FAL_KEY, CLIENT_KEY, "sk-wrong-key-to-hide"):
         assert secret not in log
+
+
+ADMIN_KEY = "admin-sdk-test-0123456789abcdef"
+
+
+def admin(gw, method, path, body=None):
+    """An admin API call; the parsed JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(gw.root + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {ADMIN_KEY}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as res:
+        return json.loads(res.read())
+
+
+@pytest.fixture(scope="module")
+def budget_gw(start_gateway, fake):
+    return start_gateway(fake, IMAGE_GATEWAY__AUTH__ADMIN_KEY=ADMIN_KEY)
+
+
+def test_a_spent_budget_is_a_rate_limit_error_insufficient_quota_the_sdk_does_not_retry(budget_gw, fake):
+    key = admin(budget_gw, "POST", "/admin/v1/keys", {"name": "sdk", "budget_usd": 0.05})
+    # The SDK's default retries: x-should-retry: false must stop them.
+    client = budget_gw.client(api_key=key["key"], max_retries=2)
+
+    raw = client.images.with_raw_response.generate(prompt=unique_prompt(), model="imagen-4")
+    assert raw.headers["x-image-gateway-cost-usd"] == "0.04"
+    assert raw.parse().data
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.images.generate(prompt=unique_prompt(), model="imagen-4")
+    e = caught.value
+    assert_error(e, openai.RateLimitError, 429, "insufficient_quota", "insufficient_quota", None)
+    assert e.response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in e.response.headers
+    assert fake.counts()["submit"] == 1, "no fal job for the refused request"
+
+    # One refusal: the SDK did not retry it.
+    req = urllib.request.Request(budget_gw.root + "/metrics")
+    req.add_header("Authorization", f"Bearer {key['key']}")
+    with urllib.request.urlopen(req, timeout=10) as res:
+        metrics = res.read().decode()
+    assert "image_gateway_budget_refusals_total 1\n" in metrics
+
+    spent = admin(budget_gw, "GET", f"/admin/v1/keys/{key['id']}")
+    assert spent["spend_usd"] == 0.04
