@@ -18,7 +18,9 @@
 //!   says COMPLETED with `error`/`error_type` and its result answers the
 //!   model's error; a cancelled job's result is a 499; a job still queued
 //!   when its `X-Fal-Request-Timeout` passes fails with a 504
-//!   `X-Fal-Request-Timeout-Type: user`.
+//!   `X-Fal-Request-Timeout-Type: user`; a result (or sync run) answer says
+//!   `X-Fal-Billable-Units` (`billable_units_per_image` per image, 1 by
+//!   default, as fal bills Imagen).
 //! - `POST /run/<endpoint id>` plays fal's synchronous host (`run_url` =
 //!   `http://host:port/run`).
 //! - `GET /files/<name>` serves the images of non-sync answers.
