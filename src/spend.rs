@@ -206,16 +206,25 @@ fn quota_message(
     text
 }
 
-/// When the period after the one holding `at` begins.
+/// When the period after the one holding `at` begins (UTC midnight of the
+/// next day, or of the first of the next month).
 fn next_period_start(period: BudgetPeriod, at: i64) -> i64 {
-    let start = period.start(at);
-    // A day later always lands in the next day; 32 days in the next month.
-    let probe = match period {
-        BudgetPeriod::Total => return 0,
-        BudgetPeriod::Day => start + 86_400,
-        BudgetPeriod::Month => start + 32 * 86_400,
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(at) else {
+        return 0;
     };
-    period.start(probe)
+    let date = t.date();
+    let next = match period {
+        BudgetPeriod::Total => return 0,
+        BudgetPeriod::Day => date.next_day(),
+        BudgetPeriod::Month => {
+            let year = match date.month() {
+                time::Month::December => date.year() + 1,
+                _ => date.year(),
+            };
+            time::Date::from_calendar_date(year, date.month().next(), 1).ok()
+        }
+    };
+    next.map_or(0, |d| d.midnight().assume_utc().unix_timestamp())
 }
 
 /// What one job's output cost: fal's billable units where the endpoint's
@@ -241,6 +250,10 @@ mod tests {
         let at = 1_797_342_310; // 2026-12-15T13:45:10Z
         assert_eq!(next_period_start(BudgetPeriod::Day, at), 1_797_379_200); // 12-16
         assert_eq!(next_period_start(BudgetPeriod::Month, at), 1_798_761_600); // 2027-01-01
+        let leap = 1_835_395_200; // 2028-02-29T00:00:00Z
+        assert_eq!(next_period_start(BudgetPeriod::Day, leap), 1_835_481_600); // 03-01
+        assert_eq!(next_period_start(BudgetPeriod::Month, leap), 1_835_481_600);
+        assert_eq!(next_period_start(BudgetPeriod::Total, leap), 0);
         let msg = quota_message(
             BudgetPeriod::Total,
             MicroUsd(5_000_000),

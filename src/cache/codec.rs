@@ -15,7 +15,7 @@ use crate::domain::{BackendKind, Generation, Image, OutputFormat, ResponseFormat
 use crate::error::ApiError;
 use crate::files::FileStore;
 
-const MAGIC: &[u8; 4] = b"IGW2";
+const MAGIC: &[u8; 4] = b"IGW3";
 const FAILURE_MAGIC: &[u8; 4] = b"IGWF";
 
 pub fn now_unix_ms() -> u64 {
@@ -47,6 +47,7 @@ pub struct Entry {
     backend: BackendKind,
     endpoint: String,
     seed: Option<u64>,
+    cost: u64,
     images: Vec<(Stored, Bytes)>,
 }
 
@@ -73,16 +74,17 @@ impl Entry {
             backend: self.backend,
             endpoint: self.endpoint.into(),
             seed: self.seed,
-            // The shared cache does not carry what making it cost.
-            cost: crate::domain::MicroUsd::ZERO,
+            // What making it cost where it was made: what this answer saves.
+            cost: crate::domain::MicroUsd(self.cost),
         }
     }
 }
 
-/// The entry frame: magic `IGW2`, created (i64), produced-at unix ms (u64),
+/// The entry frame: magic `IGW3`, created (i64), produced-at unix ms (u64),
 /// output format, response format and backend (one byte each), size (u16
 /// length + text), the endpoint that produced it (u16 length + text), the
-/// seed it reported (a presence byte, then a u64), image count
+/// seed it reported (a presence byte, then a u64), what making it cost
+/// (micro-USD, u64), image count
 /// (u16), then per image a kind byte, a u32 length and the bytes.
 /// Little-endian. `None` when the generation cannot be
 /// shared (a linked file already gone from the store).
@@ -138,6 +140,7 @@ fn frame(g: &Generation, produced_ms: u64, images: &[(Stored, Bytes)]) -> Option
         }
         None => out.push(0),
     }
+    out.extend_from_slice(&g.cost.0.to_le_bytes());
     out.extend_from_slice(&u16::try_from(images.len()).ok()?.to_le_bytes());
     for (kind, bytes) in images {
         out.push(*kind as u8);
@@ -178,6 +181,7 @@ pub fn decode(bytes: &[u8], now_ms: u64) -> Option<Entry> {
         1 => Some(u64::from_le_bytes(r.take(8)?.try_into().ok()?)),
         _ => return None,
     };
+    let cost = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
     let count = usize::from(r.u16()?);
     let mut images = Vec::with_capacity(count.min(16));
     for _ in 0..count {
@@ -202,6 +206,7 @@ pub fn decode(bytes: &[u8], now_ms: u64) -> Option<Entry> {
         backend,
         endpoint,
         seed,
+        cost,
         images,
     })
 }
@@ -294,7 +299,7 @@ mod tests {
             backend: BackendKind::Fal,
             endpoint: "fal-ai/nano-banana-2".into(),
             seed: Some(42),
-            cost: crate::domain::MicroUsd::ZERO,
+            cost: crate::domain::MicroUsd(80_000),
         }
     }
 
@@ -331,6 +336,7 @@ mod tests {
         assert_eq!(back.backend, BackendKind::Fal);
         assert_eq!(&*back.endpoint, "fal-ai/nano-banana-2");
         assert_eq!(back.seed, Some(42));
+        assert_eq!(back.cost, crate::domain::MicroUsd(80_000), "what it saves");
         // It keeps the age it had: 250 ms.
         let age = back.produced_at.elapsed();
         assert!(age >= Duration::from_millis(250) && age < Duration::from_secs(5));

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{GenerationService, Made};
+use super::{GenerationService, Tab};
 use crate::domain::{BackendKind, EndpointProfile, Generation, GenerationPlan, MicroUsd, date};
 use crate::error::{ApiError, Fallback};
 use crate::metrics::FallbackReason;
@@ -84,7 +84,8 @@ impl GenerationService {
         token: &CancellationToken,
         deadline: Instant,
         payer: &Payer,
-    ) -> Result<(Generation, Made), ApiError> {
+        tab: &Tab,
+    ) -> Result<Generation, ApiError> {
         let model = plan.model.id.as_str();
         let today = date::today();
         let chain: Vec<&Arc<EndpointProfile>> = plan
@@ -118,10 +119,10 @@ impl GenerationService {
                 }
             }
             let error = match self
-                .produce_on(plan, &on_endpoint, token, deadline, payer)
+                .produce_on(plan, &on_endpoint, token, deadline, payer, tab)
                 .await
             {
-                Ok(made) => return Ok(made),
+                Ok(generation) => return Ok(generation),
                 Err(e) => e,
             };
             let Some(reason) = error.fallback() else {
@@ -503,6 +504,29 @@ mod tests {
         let key_id = payer.key.as_ref().unwrap().id.clone();
         let key = store.key(&key_id).await.unwrap().unwrap();
         assert_eq!(key.spent_micro_usd, 80_000);
+        assert_eq!(key.reserved_micro_usd, 0, "the reservation settled");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn images_made_before_a_sibling_job_failed_are_paid_for() {
+        // Imagen's jobs of 4 and 1: the 4 are made (fal bills them), then
+        // the single job fails and the request with it.
+        let backend = Arc::new(Scripted {
+            fails: |job| (job.num_images == 1).then(failing),
+            delay: Duration::from_millis(100),
+            calls: StdMutex::new(Vec::new()),
+        });
+        let (service, store) = service_with_store(backend).await;
+        let payer = payer_with_budget(&store, 1_000_000).await;
+
+        let e = generate_for(&service, r#"{"prompt":"x","n":5}"#, &payer)
+            .await
+            .unwrap_err();
+
+        assert!(matches!(e, ApiError::Upstream { .. }), "{e:?}");
+        let key_id = payer.key.as_ref().unwrap().id.clone();
+        let key = store.key(&key_id).await.unwrap().unwrap();
+        assert_eq!(key.spent_micro_usd, 80_000, "4 images at $0.02");
         assert_eq!(key.reserved_micro_usd, 0, "the reservation settled");
     }
 

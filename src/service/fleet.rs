@@ -6,7 +6,7 @@
 use tokio::time::Instant;
 
 use super::flights::{Flight, Source};
-use super::{GenerationService, Made};
+use super::{GenerationService, Tab};
 use crate::cache::CacheKey;
 use crate::cache::redis::{Lock, LockGuard, RedisCache, Wait};
 use crate::domain::{Generation, GenerationPlan};
@@ -14,8 +14,8 @@ use crate::error::ApiError;
 use crate::spend::Payer;
 
 /// `store`: the answer will be kept (not `no-store`), so it is worth waiting
-/// for another replica's and worth writing to Redis. `Some(Made)` when the
-/// generation was made here (for `payer`).
+/// for another replica's and worth writing to Redis. What a generation made
+/// here (for `payer`) cost goes on `tab`.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn fill(
     service: &GenerationService,
@@ -26,22 +26,23 @@ pub(super) async fn fill(
     flight: &Flight,
     deadline: Instant,
     payer: &Payer,
-) -> Result<(Generation, Option<Made>), ApiError> {
+    tab: &Tab,
+) -> Result<Generation, ApiError> {
     let files = service.files();
     if let Some(g) = l2.lookup(&key, files).await {
         flight.set_source(Source::Shared);
-        return Ok((g, None));
+        return Ok(g);
     }
     let lock = if store {
         match take_lock_or_wait(service, l2, key, flight, deadline).await? {
-            Taken::Answer(g) => return Ok((g, None)),
+            Taken::Answer(g) => return Ok(g),
             Taken::Lock(guard) => guard,
         }
     } else {
         None
     };
     flight.set_source(Source::Generate);
-    let produced = service.produce(plan, &flight.token, deadline, payer);
+    let produced = service.produce(plan, &flight.token, deadline, payer, tab);
     let result = match &lock {
         Some(guard) => tokio::select! {
             r = produced => r,
@@ -50,7 +51,7 @@ pub(super) async fn fill(
         None => produced.await,
     };
     match (&result, &lock) {
-        (Ok((generation, _)), _) if store => l2.store(&key, generation, files).await,
+        (Ok(generation), _) if store => l2.store(&key, generation, files).await,
         // Replicas waiting on this lock answer the same error rather than
         // each running the generation again.
         (Err(e), Some(_)) => l2.share_failure(&key, e).await,
@@ -59,7 +60,7 @@ pub(super) async fn fill(
     if let Some(guard) = lock {
         l2.release(guard).await;
     }
-    result.map(|(g, made)| (g, Some(made)))
+    result
 }
 
 enum Taken {

@@ -70,10 +70,51 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// What a generation this replica made reported about its bill.
-pub(crate) struct Made {
+/// What a flight's upstream jobs cost, written as each job succeeds: fal
+/// bills every successful output, so images made by a request that then
+/// fails (a sibling job failed, a download failed) are paid for too.
+#[derive(Default)]
+pub(crate) struct Tab(std::sync::Mutex<Bill>);
+
+/// The bill on a [`Tab`].
+#[derive(Clone, Debug, Default)]
+struct Bill {
+    cost: MicroUsd,
+    images: u32,
     /// The upstream's billable units, summed over the jobs that reported them.
     billable_units: Option<f64>,
+    /// The endpoint whose jobs succeeded (`None`: nothing was made here).
+    endpoint: Option<Arc<str>>,
+}
+
+impl Tab {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bill> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Add one successful job: its output at its endpoint's price (nothing
+    /// offline).
+    fn add(&self, job: &Job, output: &JobOutput, backend: BackendKind) {
+        let cost = match backend {
+            BackendKind::Fal => spend::delivered_cost(job, output),
+            BackendKind::Local => MicroUsd::ZERO,
+        };
+        let images = output.images.len().min(usize::from(job.num_images)) as u32;
+        let mut bill = self.lock();
+        bill.cost = bill.cost.saturating_add(cost);
+        bill.images += images;
+        if let Some(u) = output.billable_units {
+            bill.billable_units = Some(bill.billable_units.unwrap_or(0.0) + u);
+        }
+        bill.endpoint
+            .get_or_insert_with(|| job.endpoint.full().into());
+    }
+
+    fn bill(&self) -> Bill {
+        self.lock().clone()
+    }
 }
 
 /// A generation ready now, or one to wait for.
@@ -280,7 +321,8 @@ impl GenerationService {
                     key: keys.shared,
                     service: service.clone(),
                 };
-                let flown = AssertUnwindSafe(service.fly(&plan, &flight, keys, &payer))
+                let tab = Tab::default();
+                let flown = AssertUnwindSafe(service.fly(&plan, &flight, keys, &payer, &tab))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|panic| {
@@ -293,7 +335,7 @@ impl GenerationService {
                 // Settled before the answer goes out, so the next request
                 // sees the real cost, not the reservation.
                 let result = service
-                    .account(&plan, &payer, reservation, &flight, flown)
+                    .account(&plan, &payer, reservation, &flight, &tab, flown)
                     .await;
                 // Out of the table before the waiters wake: a request they
                 // prompt starts afresh.
@@ -307,24 +349,25 @@ impl GenerationService {
     }
 
     /// One flight: the caches and the fleet first, else a generation here;
-    /// what it got is kept in memory unless `no-store`. `Some(Made)` when
-    /// this flight made it (and so paid for it).
+    /// what it got is kept in memory unless `no-store`. What its jobs cost
+    /// goes on `tab`.
     async fn fly(
         &self,
         plan: &GenerationPlan,
         flight: &Flight,
         keys: FlightKeys,
         payer: &Payer,
-    ) -> Result<(Arc<Generation>, Option<Made>), ApiError> {
+        tab: &Tab,
+    ) -> FlightResult {
         // An identical flight may have finished between this request's cache
         // miss and its registering as a leader.
         if let (Some(cache), Some(key)) = (&self.cache, keys.shared)
             && let Some(generation) = cache.get(&key).await
         {
-            return Ok((generation, None));
+            return Ok(generation);
         }
         let deadline = Instant::now() + self.request_timeout;
-        let (generation, made) = match (&self.shared_cache, keys.shared) {
+        let generation = match (&self.shared_cache, keys.shared) {
             (Some(l2), Some(key)) => {
                 fleet::fill(
                     self,
@@ -335,60 +378,67 @@ impl GenerationService {
                     flight,
                     deadline,
                     payer,
+                    tab,
                 )
                 .await?
             }
             _ => {
                 flight.set_source(Source::Generate);
-                let (g, made) = self.produce(plan, &flight.token, deadline, payer).await?;
-                (g, Some(made))
+                self.produce(plan, &flight.token, deadline, payer, tab)
+                    .await?
             }
         };
         let generation = Arc::new(generation);
         if let (Some(cache), Some(key)) = (&self.cache, keys.store) {
             cache.insert(key, generation.clone()).await;
         }
-        Ok((generation, made))
+        Ok(generation)
     }
 
-    /// The money side of a finished flight: what it made is settled to its
-    /// real cost (the ledger, the spend metric, the payer's budget); a
-    /// reservation for nothing made is released.
+    /// The money side of a finished flight: what its jobs made is settled
+    /// to its real cost (the ledger, the spend metric, the payer's budget),
+    /// also when the request failed after some of its images were made (fal
+    /// bills them); a reservation for nothing made is released.
     async fn account(
         &self,
         plan: &GenerationPlan,
         payer: &Payer,
         reservation: Option<Reservation>,
         flight: &Flight,
-        flown: Result<(Arc<Generation>, Option<Made>), ApiError>,
+        tab: &Tab,
+        flown: FlightResult,
     ) -> FlightResult {
-        match &flown {
-            Ok((g, Some(made))) => {
-                flight.set_spent(g.cost.0);
+        let bill = tab.bill();
+        match bill.endpoint {
+            Some(endpoint) => {
+                if flown.is_ok() {
+                    flight.set_spent(bill.cost.0);
+                }
                 let charge = Charge {
                     key_id: payer.account.as_deref().map(str::to_owned),
                     model: plan.model.id.clone(),
-                    // The endpoint that served, which fallback may have
-                    // moved down the chain.
-                    endpoint: g.endpoint.to_string(),
-                    images: g.images.len() as u32,
-                    cost_micro_usd: g.cost.0,
-                    billable_units: made.billable_units,
+                    // The endpoint that made the images, which fallback may
+                    // have moved down the chain.
+                    endpoint: endpoint.to_string(),
+                    images: bill.images,
+                    cost_micro_usd: bill.cost.0,
+                    billable_units: bill.billable_units,
                     request_id: payer.request_id.as_deref().map(str::to_owned),
                 };
                 self.spend.settle(reservation, charge).await;
             }
-            _ => {
+            None => {
                 if let Some(r) = reservation {
                     self.spend.release(r).await;
                 }
             }
         }
-        flown.map(|(g, _)| g)
+        flown
     }
 
-    /// Run a plan's jobs on one endpoint, billed to `payer`, and deliver
-    /// the images in the requested form, with what they cost.
+    /// Run a plan's jobs on one endpoint, billed to `payer` (each job that
+    /// succeeds goes on `tab`), and deliver the images in the requested
+    /// form, with what they cost.
     async fn produce_on(
         &self,
         plan: &GenerationPlan,
@@ -396,7 +446,8 @@ impl GenerationService {
         token: &CancellationToken,
         deadline: Instant,
         payer: &Payer,
-    ) -> Result<(Generation, Made), ApiError> {
+        tab: &Tab,
+    ) -> Result<Generation, ApiError> {
         let jobs = &on_endpoint.jobs;
         let ctx = JobContext {
             deadline,
@@ -409,7 +460,7 @@ impl GenerationService {
         let slots = self.limiter.acquire(jobs.len() as u32, &ctx).await?;
         let parallel = slots.num_permits().max(1);
         self.metrics.jobs_in_flight.add(parallel as i64);
-        let outputs = self.run_jobs(jobs, parallel, &ctx).await;
+        let outputs = self.run_jobs(jobs, parallel, &ctx, tab).await;
         self.metrics.jobs_in_flight.sub(parallel as i64);
         drop(slots);
         let outputs = outputs?;
@@ -419,13 +470,9 @@ impl GenerationService {
         let mut format = None;
         let seed = outputs.iter().find_map(|o| o.seed);
         let mut cost = MicroUsd::ZERO;
-        let mut units: Option<f64> = None;
         for (job, output) in jobs.iter().zip(outputs) {
             if self.backend.kind() == BackendKind::Fal {
                 cost = cost.saturating_add(spend::delivered_cost(job, &output));
-            }
-            if let Some(u) = output.billable_units {
-                units = Some(units.unwrap_or(0.0) + u);
             }
             // A backend answering more images than its job asked for gets
             // the extra ones dropped.
@@ -456,12 +503,7 @@ impl GenerationService {
             seed,
             cost,
         };
-        Ok((
-            generation,
-            Made {
-                billable_units: units,
-            },
-        ))
+        Ok(generation)
     }
 
     /// The jobs, `parallel` at a time (in order); the first failure
@@ -472,6 +514,7 @@ impl GenerationService {
         jobs: &[Job],
         parallel: usize,
         ctx: &JobContext,
+        tab: &Tab,
     ) -> Result<Vec<JobOutput>, ApiError> {
         let siblings = ctx.cancel.child_token();
         let job_ctx = JobContext {
@@ -493,8 +536,9 @@ impl GenerationService {
                 let started = Instant::now();
                 let result = self.backend.generate(job, job_ctx).await;
                 self.record_job(job, &result, started.elapsed());
-                if result.is_err() {
-                    siblings.cancel();
+                match &result {
+                    Ok(output) => tab.add(job, output, self.backend.kind()),
+                    Err(_) => siblings.cancel(),
                 }
                 result
             }

@@ -264,6 +264,7 @@ async fn a_second_replica_answers_from_redis_with_the_same_bytes() {
     let first = a.post_generation(body.clone()).await;
     assert_eq!(header(&first, "x-cache").as_deref(), Some("MISS"));
     assert_eq!(header(&first, "x-cache-level"), None);
+    let first_headers = first.headers().clone();
     let first = first.bytes().await.unwrap();
     let second = b.post_generation(body.clone()).await;
     let second_headers = second.headers().clone();
@@ -287,8 +288,27 @@ async fn a_second_replica_answers_from_redis_with_the_same_bytes() {
     assert_eq!(third_headers["x-cache-level"], "l1");
     assert_eq!(third, first);
     assert_eq!(fal.count(Op::Submit), 1);
+    // Only the replica that made the job paid; the other's answers saved
+    // what it cost (two Imagen 4 fast images: $0.04 each time).
+    assert_eq!(first_headers["x-image-gateway-cost-usd"], "0.04");
+    assert_eq!(second_headers["x-image-gateway-cost-usd"], "0");
+    assert_eq!(third_headers["x-image-gateway-cost-usd"], "0");
 
     let (ma, mb) = (a.metrics().await, b.metrics().await);
+    let saved = series(
+        &mb,
+        "image_gateway_spend_saved_usd_total",
+        &[("model", "imagen-4-fast"), ("reason", "cache")],
+    );
+    assert!(saved.is_some_and(|s| (s - 0.08).abs() < 1e-9), "{saved:?}");
+    assert_eq!(
+        series(
+            &ma,
+            "image_gateway_spend_usd_total",
+            &[("model", "imagen-4-fast")]
+        ),
+        Some(0.04)
+    );
     let l2 = |m: &str, r| series(m, "image_gateway_l2_cache_lookups_total", &[("result", r)]);
     assert_eq!(l2(&ma, "miss"), Some(1.0));
     assert_eq!(l2(&mb, "hit"), Some(1.0));
