@@ -83,6 +83,14 @@ impl KeyDirectory {
         self.invalidate_all();
     }
 
+    /// A key made elsewhere was seen (a request presented it before this
+    /// replica heard of the change): clients need keys from now on.
+    pub fn keys_exist(&self) {
+        if !self.has_keys.swap(true, Ordering::AcqRel) {
+            tracing::info!("a client key was made: every API request now needs a key");
+        }
+    }
+
     /// After a change elsewhere: drop the cache and learn whether keys now
     /// exist.
     pub async fn refresh(&self) {

@@ -145,8 +145,7 @@ pub async fn require_key(
         Access::Key => false,
         Access::Admin => return admin_only(req, next, &state).await,
     };
-    let needs_key = !state.auth.is_open() || state.keys.has_keys();
-    if !needs_key || open {
+    if open {
         return next
             .call(req)
             .await
@@ -156,6 +155,22 @@ pub async fn require_key(
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
+    if state.auth.is_open() && !state.keys.has_keys() {
+        // Open so far. A key may have been made on another replica a
+        // moment ago (this one hears of it within a second): a request
+        // that presents one is held to it, its budget included.
+        if let Ok(token) = auth::bearer(authorization) {
+            let digest = secret_digest(token);
+            if let Ok(Some(key)) = state.keys.lookup(digest).await {
+                state.keys.keys_exist();
+                return admit_database_key(req, next, ClientId(digest), key).await;
+            }
+        }
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
     let token = match auth::bearer(authorization) {
         Ok(token) => token,
         Err(e) => return Ok(req.error_response(e)),
@@ -170,23 +185,7 @@ pub async fn require_key(
             .map(ServiceResponse::map_into_boxed_body);
     }
     match state.keys.lookup(digest).await {
-        Ok(Some(key)) => {
-            let refused = if key.revoked_at.is_some() {
-                Some("This API key has been revoked.")
-            } else if key.is_expired(crate::store::now()) {
-                Some("This API key has expired.")
-            } else {
-                None
-            };
-            if let Some(message) = refused {
-                return Ok(req.error_response(ApiError::Unauthorized { message }));
-            }
-            req.extensions_mut().insert(client);
-            req.extensions_mut().insert(DbKey(key));
-            next.call(req)
-                .await
-                .map(ServiceResponse::map_into_boxed_body)
-        }
+        Ok(Some(key)) => admit_database_key(req, next, client, key).await,
         Ok(None) => Ok(req.error_response(ApiError::Unauthorized {
             message: auth::INCORRECT_KEY,
         })),
@@ -198,6 +197,31 @@ pub async fn require_key(
             Ok(req.error_response(ApiError::StoreUnavailable))
         }
     }
+}
+
+/// A request with a database key: refused when the key is revoked or
+/// expired, else passed on carrying it (its models, limits and budget).
+async fn admit_database_key(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    client: ClientId,
+    key: std::sync::Arc<crate::store::keys::KeyRecord>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let refused = if key.revoked_at.is_some() {
+        Some("This API key has been revoked.")
+    } else if key.is_expired(crate::store::now()) {
+        Some("This API key has expired.")
+    } else {
+        None
+    };
+    if let Some(message) = refused {
+        return Ok(req.error_response(ApiError::Unauthorized { message }));
+    }
+    req.extensions_mut().insert(client);
+    req.extensions_mut().insert(DbKey(key));
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
 }
 
 /// The admin API: the admin key only; without one configured, every admin

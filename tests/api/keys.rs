@@ -402,7 +402,15 @@ async fn replicas_sharing_postgres_share_keys_and_see_a_revocation_at_once() {
     .await;
     let b = spawn_replica(&a.fal, |s| s.database.url = DatabaseUrl::new(url)).await;
 
-    let (id, secret) = a.make_key(json!({"name": "shared"})).await;
+    let (id, secret) = a
+        .make_key(json!({"name": "shared", "models": ["imagen-4-fast"]}))
+        .await;
+    // Presented to B straight away, before B can have heard of it, the key
+    // holds: B looks it up rather than serving as an open gateway.
+    let res = b
+        .generate_as(&secret, json!({"prompt": "at once", "model": "imagen-4"}))
+        .await;
+    assert_eq!(res.status(), 403, "the key's model list holds on B at once");
     // B closes at once too: a key exists in the shared table.
     within(
         Duration::from_secs(2),
