@@ -289,6 +289,41 @@ def dockerfile_user() -> str:
     return users[-1] if users else ""
 
 
+# The gateway's RSS beyond its three bounds (docs/performance.md#memory).
+BASELINE_BYTES = 64 * 1024 * 1024
+
+
+def quantity_bytes(q: str) -> int:
+    """A Kubernetes memory quantity (`1Gi`, `768Mi`, `1G`, `1073741824`) in bytes."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix, mult in units.items():
+        if q.endswith(suffix):
+            return int(float(q[: -len(suffix)]) * mult)
+    return int(q)
+
+
+def memory_fits(settings: dict, limit: str) -> list[str]:
+    """The pod's memory limit and the gateway's memory settings agree: the
+    gateway's peak RSS is under limits.max_memory_bytes + cache.max_bytes +
+    files.max_bytes + the baseline, which must leave the pod 10% headroom.
+    The ConfigMap states limits.max_memory_bytes itself (no silent default)."""
+    problems = []
+    mem = settings.get("limits", {}).get("max_memory_bytes")
+    if mem is None:
+        return ["ConfigMap config.toml does not set limits.max_memory_bytes"]
+    cache = settings.get("cache", {}).get("max_bytes", 256 * 1024 * 1024)
+    files = settings.get("files", {}).get("max_bytes", 512 * 1024 * 1024)
+    need = mem + cache + files + BASELINE_BYTES
+    have = quantity_bytes(limit)
+    if need > have * 0.9:
+        problems.append(
+            f"memory limit {limit} ({have} bytes) leaves under 10% headroom over "
+            f"limits.max_memory_bytes {mem} + cache.max_bytes {cache} + files.max_bytes {files} "
+            f"+ baseline {BASELINE_BYTES} = {need} bytes")
+    return problems
+
+
 def check_kubernetes(binary: Path) -> None:
     problems = []
     kust = load_yaml(K8S / "kustomization.yaml")
@@ -388,6 +423,8 @@ def check_kubernetes(binary: Path) -> None:
     res = container["resources"]
     if not all(k in res.get(kind, {}) for kind in ("requests", "limits") for k in ("cpu", "memory")):
         problems.append("resources need cpu and memory requests and limits")
+    else:
+        problems += memory_fits(settings, res["limits"]["memory"])
     check("kubernetes: kustomization lists every manifest, names/ports/labels agree, ConfigMap accepted by the binary", problems)
 
 

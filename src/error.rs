@@ -322,7 +322,7 @@ impl ApiError {
                 "Rate limit reached for {} per minute on this API key (limit {}). Retry after the time in the retry-after header.",
                 limit.kind, limit.limit
             ),
-            ApiError::Overloaded { .. } => "The gateway is at capacity: too many generations are running or waiting. Retry after the time in the retry-after header.".into(),
+            ApiError::Overloaded { .. } => "The gateway is at capacity: too many generations are running or waiting, or answers in flight fill its memory budget. Retry after the time in the retry-after header.".into(),
             ApiError::UpstreamRateLimited { .. } => "fal.ai is rate limiting this gateway. Retry after the time in the retry-after header.".into(),
             ApiError::UpstreamAuth => "The image backend (fal.ai) refused the gateway's upstream credentials (FAL_KEY). This is a gateway configuration problem, not a problem with your API key.".into(),
             ApiError::ModelNotAllowed { model } => format!(

@@ -19,6 +19,7 @@ pub const PATH_PREFIX: &str = "/v1/images/files/";
 #[derive(Clone)]
 pub struct StoredFile {
     pub bytes: Bytes,
+    /// Read from the bytes themselves, never taken from a claim.
     pub format: OutputFormat,
 }
 
@@ -39,14 +40,17 @@ impl FileStore {
         Self { files, ttl }
     }
 
-    /// Store an image; returns its file name (`<id>.<ext>`).
-    pub async fn put(&self, bytes: Bytes, format: OutputFormat) -> Arc<str> {
+    /// Store an image; returns its file name (`<id>.<ext>`), or `None`
+    /// when the bytes are no PNG, JPEG or WebP file (whatever was claimed).
+    /// The format it is served as is read from the bytes.
+    pub async fn put(&self, bytes: Bytes) -> Option<Arc<str>> {
+        let format = OutputFormat::sniff(&bytes)?;
         let name: Arc<str> =
             format!("{}.{}", uuid::Uuid::new_v4().simple(), format.as_str()).into();
         self.files
             .insert(name.clone(), StoredFile { bytes, format })
             .await;
-        name
+        Some(name)
     }
 
     pub async fn get(&self, name: &str) -> Option<StoredFile> {
@@ -61,5 +65,24 @@ impl FileStore {
     pub async fn usage(&self) -> (u64, u64) {
         self.files.run_pending_tasks().await;
         (self.files.entry_count(), self.files.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn files_are_kept_only_as_the_image_their_bytes_are() {
+        let store = FileStore::new(1 << 20, Duration::from_secs(60));
+        let jpeg = Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10]);
+        let name = store.put(jpeg).await.unwrap();
+        assert!(name.ends_with(".jpeg"), "{name}");
+        assert_eq!(
+            store.get(&name).await.unwrap().format.content_type(),
+            "image/jpeg"
+        );
+        let html = Bytes::from_static(b"<html><script>alert(1)</script></html>");
+        assert!(store.put(html).await.is_none(), "not an image: not served");
     }
 }

@@ -28,6 +28,7 @@ pub mod files;
 pub mod http;
 pub mod keys;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod openai;
 pub mod service;

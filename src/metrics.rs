@@ -259,7 +259,13 @@ families! {
     jobs_queued: IntGauge = "image_gateway_upstream_jobs_queued",
         "Generations waiting for a concurrency slot now.";
     load_shed: IntCounter = "image_gateway_load_shed_total",
-        "Requests refused with 429 because the upstream slots and wait queue were full.";
+        "Requests refused with 429 because the upstream slots and wait queue were full, or the memory budget (limits.max_memory_bytes) had no room.";
+    memory_shed: IntCounter = "image_gateway_memory_shed_total",
+        "Requests refused with 429 because the memory budget (limits.max_memory_bytes) had no room for their body or answer.";
+    memory_reserved: IntGauge = "image_gateway_memory_reserved_bytes",
+        "Bytes of the memory budget held now by request bodies, answers being made or written, and upstream answers being read.";
+    memory_limit: IntGauge = "image_gateway_memory_limit_bytes",
+        "Configured memory budget for work in flight (limits.max_memory_bytes).";
     rate_limited: IntCounterVec = "image_gateway_rate_limited_total",
         "Requests refused by a per-key limit, by limit (requests, images).",
         ["limit"], zeros = RateLimit;

@@ -16,7 +16,7 @@ use actix_web::{App, web};
 use super::{SHUTDOWN_MARGIN_SECONDS, StartupError};
 use crate::config::Settings;
 use crate::http::AppState;
-use crate::http::connection::ClientIo;
+use crate::http::connection::{ClientIo, LocalAddr};
 use crate::http::middleware::{edge, require_key};
 use crate::http::{disconnect, routes, unsupported};
 
@@ -75,7 +75,12 @@ pub fn api_server(
                 .client_request_timeout(head_timeout)
                 .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
                 .local_addr(addr)
-                .on_connect_ext(|io: &ClientIo, ext: &mut _| disconnect::on_connect(io, ext))
+                .on_connect_ext(|io: &ClientIo, ext: &mut _| {
+                    disconnect::on_connect(io, ext);
+                    if let Ok(addr) = io.local_addr() {
+                        ext.insert(LocalAddr(addr));
+                    }
+                })
                 .h1(map_config(app, |()| AppConfig::default()));
             let timeouts = timeouts.clone();
             fn_service(move |tcp: TcpStream| {

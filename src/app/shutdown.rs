@@ -46,6 +46,7 @@ pub async fn serve_until_stopped(
     let result = tokio::select! {
         r = &mut servers => r,
         signal = signal() => {
+            service.begin_draining();
             tracing::info!(signal, grace_seconds = grace.as_secs(), "shutting down: finishing in-flight requests");
             // The servers must keep being polled while they stop.
             let stopping = async { tokio::join!(stop(&handle, admin_handle.as_ref()), &mut servers).1 };
@@ -71,9 +72,12 @@ pub async fn serve_until_stopped(
     result.map(|_| ())
 }
 
+/// The API listener first; the admin listener (probes, metrics) keeps
+/// answering until the API's in-flight requests are done, so `/readyz` says
+/// 503 through the grace period and the last scrapes still see it.
 async fn stop(api: &ServerHandle, admin: Option<&ServerHandle>) {
+    api.stop(true).await;
     if let Some(h) = admin {
         h.stop(true).await;
     }
-    api.stop(true).await;
 }

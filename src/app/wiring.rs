@@ -20,6 +20,7 @@ use crate::files::FileStore;
 use crate::http::AppState;
 use crate::keys::KeyDirectory;
 use crate::limits::KeyLimits;
+use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::openai::PlanLimits;
 use crate::service::limiter::JobLimiter;
@@ -165,6 +166,7 @@ pub fn service(
     runtime: tokio::runtime::Handle,
     tasks: TaskTracker,
 ) -> Result<Arc<GenerationService>, StartupError> {
+    let memory = MemoryBudget::new(settings.limits.max_memory_bytes, metrics.clone());
     let backend = backend(settings, metrics, &tasks)?;
     let (cache, shared_cache) = caches(settings, metrics, &runtime)?;
     let service = GenerationService::new(ServiceParts {
@@ -175,6 +177,7 @@ pub fn service(
         )),
         cache,
         shared_cache: shared_cache.clone(),
+        memory,
         limiter: JobLimiter::new(
             settings.limits.max_concurrent_jobs,
             settings.limits.max_queued_jobs,
@@ -228,12 +231,16 @@ pub fn state(
         metrics_public: settings.metrics.public,
         fal_mode: settings.fal.mode,
         public_base_url,
+        trust_forwarded_headers: settings.server.trust_forwarded_headers,
         plan_limits: PlanLimits {
             max_prompt_chars: settings.server.max_prompt_chars,
         },
         max_body_bytes: settings.server.max_body_bytes,
         body_timeout: Duration::from_millis(settings.server.client_body_timeout_ms),
-        cache_scope: settings.cache.scope,
+        cache_scope: settings
+            .cache
+            .scope
+            .resolve(!settings.auth.api_keys.is_empty()),
         cache_mode: settings.cache.mode,
         stream_keepalive: Duration::from_secs(settings.server.stream_keepalive_seconds),
         started: Instant::now(),

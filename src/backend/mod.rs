@@ -22,8 +22,8 @@ pub use context::{JobContext, Stop};
 pub enum ImageContent {
     /// A remote address (fal's CDN). Only for jobs whose delivery is `url`.
     Url(String),
-    /// Standard base64 of the encoded image, already validated; usually a
-    /// zero-copy slice of the upstream answer.
+    /// Standard base64 of the encoded image, already validated; a slice of
+    /// the upstream answer only when it is nearly all of that answer.
     Base64(Bytes),
     /// The encoded image itself.
     Raw(Bytes),

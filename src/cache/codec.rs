@@ -52,19 +52,20 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The generation, with linked files put into this replica's store.
-    pub async fn into_generation(self, files: &FileStore) -> Generation {
+    /// The generation, with linked files put into this replica's store;
+    /// `None` when a file is not an image.
+    pub async fn into_generation(self, files: &FileStore) -> Option<Generation> {
         let b64 = &base64::engine::general_purpose::STANDARD;
         let mut images = Vec::with_capacity(self.images.len());
         for (kind, bytes) in self.images {
             images.push(match kind {
                 Stored::Base64AsRaw => Image::Base64(Bytes::from(b64.encode(&bytes))),
                 Stored::Url => Image::Url(String::from_utf8_lossy(&bytes).into()),
-                Stored::File => Image::File(files.put(bytes, self.output_format).await),
+                Stored::File => Image::File(files.put(bytes).await?),
             });
         }
         let now = std::time::Instant::now();
-        Generation {
+        Some(Generation {
             created: self.created,
             produced_at: now.checked_sub(self.age).unwrap_or(now),
             size: self.size,
@@ -76,7 +77,7 @@ impl Entry {
             seed: self.seed,
             // What making it cost where it was made: what this answer saves.
             cost: crate::domain::MicroUsd(self.cost),
-        }
+        })
     }
 }
 
@@ -327,7 +328,8 @@ mod tests {
         let back = decode(&value, 10_250)
             .unwrap()
             .into_generation(&files)
-            .await;
+            .await
+            .unwrap();
         assert_eq!(back.images, g.images);
         assert_eq!(back.created, g.created);
         assert_eq!(back.size, g.size);
@@ -346,8 +348,9 @@ mod tests {
     async fn remote_urls_stay_text_and_gateway_files_travel_as_bytes() {
         let writer = files();
         let name = writer
-            .put(Bytes::from_static(b"\x89PNG fake"), OutputFormat::Png)
-            .await;
+            .put(Bytes::from_static(b"\x89PNG\r\n\x1a\n fake"))
+            .await
+            .unwrap();
         let remote = Image::Url("https://v3.fal.media/files/x.png".into());
         let g = generation(
             ResponseFormat::Url,
@@ -356,7 +359,11 @@ mod tests {
 
         let value = encode(&g, &writer, 0).await.unwrap();
         let reader = files();
-        let back = decode(&value, 0).unwrap().into_generation(&reader).await;
+        let back = decode(&value, 0)
+            .unwrap()
+            .into_generation(&reader)
+            .await
+            .unwrap();
 
         assert_eq!(back.images[1], remote);
         let Image::File(new_name) = &back.images[0] else {
@@ -365,7 +372,7 @@ mod tests {
         assert_ne!(new_name, &name, "the reader links to its own copy");
         assert_eq!(
             reader.get(new_name).await.unwrap().bytes,
-            Bytes::from_static(b"\x89PNG fake")
+            Bytes::from_static(b"\x89PNG\r\n\x1a\n fake")
         );
     }
 

@@ -347,8 +347,12 @@ impl RedisCache {
     }
 
     async fn materialize(&self, bytes: &[u8], files: &FileStore) -> Result<Generation, Failure> {
-        match decode(bytes, now_unix_ms()) {
-            Some(entry) => Ok(entry.into_generation(files).await),
+        let generation = match decode(bytes, now_unix_ms()) {
+            Some(entry) => entry.into_generation(files).await,
+            None => None,
+        };
+        match generation {
+            Some(g) => Ok(g),
             None => {
                 self.count_error(RedisOp::Decode);
                 tracing::debug!("unreadable entry in Redis (another version's format?): ignored");

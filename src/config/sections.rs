@@ -13,8 +13,13 @@ pub struct ServerSettings {
     /// Address the API binds to.
     pub listen: String,
     /// Absolute base URL used to build links to images the gateway serves itself
-    /// (`/v1/images/files/{id}`). Empty: derived from each request's `Host`.
+    /// (`/v1/images/files/{id}`). Empty: see `trust_forwarded_headers`.
     pub public_base_url: String,
+    /// With `public_base_url` empty, build those links from each request's
+    /// `Forwarded` / `X-Forwarded-Host` / `X-Forwarded-Proto` / `Host`
+    /// headers. Only behind a proxy that sets them; otherwise (the default)
+    /// links use the address the client connected to.
+    pub trust_forwarded_headers: bool,
     /// HTTP worker threads; 0 means one per CPU core.
     pub workers: usize,
     /// Largest accepted request body.
@@ -48,6 +53,7 @@ impl Default for ServerSettings {
         Self {
             listen: "0.0.0.0:8080".into(),
             public_base_url: String::new(),
+            trust_forwarded_headers: false,
             workers: 0,
             max_body_bytes: 1024 * 1024,
             max_prompt_chars: 32_000,
@@ -290,12 +296,27 @@ choice! {
     }
 }
 
+impl CacheScope {
+    /// The scope in force: `auto` is `per_key` with client keys, else `global`.
+    pub fn resolve(self, keys_configured: bool) -> CacheScope {
+        match self {
+            CacheScope::Auto if keys_configured => CacheScope::PerKey,
+            CacheScope::Auto => CacheScope::Global,
+            scope => scope,
+        }
+    }
+}
+
 choice! {
     /// Whether cached images are shared between client keys.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub enum CacheScope {
-        /// One cache for everyone: the same request from two keys is generated once.
+        /// `per_key` when client keys are configured, else `global`.
         #[default]
+        Auto = "auto",
+        /// One cache for everyone: the same request from two keys is generated
+        /// once, and one key can tell (`x-cache: HIT`, timing) that another
+        /// already asked for a prompt.
         Global = "global",
         /// Entries are keyed by client key too: tenants never share images.
         PerKey = "per_key",
@@ -317,6 +338,7 @@ pub struct CacheSettings {
     pub max_bytes: u64,
     /// How long an answer is reused. Keep it below the life of fal's result URLs.
     pub ttl_seconds: u64,
+    /// `auto` (`per_key` when client keys are configured, else `global`),
     /// `global` or `per_key`.
     pub scope: CacheScope,
     /// Redis as a second-level cache shared by every replica, e.g.
@@ -346,7 +368,7 @@ impl Default for CacheSettings {
             enabled: None,
             max_bytes: 256 * 1024 * 1024,
             ttl_seconds: 1_800,
-            scope: CacheScope::Global,
+            scope: CacheScope::Auto,
             redis_url: RedisUrl::default(),
             redis_key_prefix: "image-gateway:".into(),
             redis_timeout_ms: 250,
@@ -391,6 +413,13 @@ pub struct LimitSettings {
     pub max_concurrent_jobs: usize,
     /// Generations waiting for a slot; past this the gateway answers 429 at once.
     pub max_queued_jobs: usize,
+    /// Bound on the memory of work in flight, beside the caches' own bounds:
+    /// request bodies being read, answers being made and written (each
+    /// counted at the most its plan can legitimately take until the real
+    /// answer is known, then at its real size until its last byte is
+    /// written), and fal answers being read. New requests that find no room
+    /// get 429 with retry-after.
+    pub max_memory_bytes: u64,
     /// Per client key; 0 disables.
     pub requests_per_minute: u32,
     /// Per client key, counted in images (`n`); 0 disables.
@@ -402,6 +431,7 @@ impl Default for LimitSettings {
         Self {
             max_concurrent_jobs: 1_024,
             max_queued_jobs: 4_096,
+            max_memory_bytes: 256 * 1024 * 1024,
             requests_per_minute: 0,
             images_per_minute: 0,
         }

@@ -14,6 +14,7 @@ use super::{BackendChoice, ConfigError, Settings};
 const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
+const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const TIB: u64 = 1 << 40;
 
@@ -71,6 +72,8 @@ pub(crate) const RANGES: &[Range] = &[
     // tokio's semaphore holds at most usize::MAX >> 3 permits; a million is plenty.
     range("limits.max_concurrent_jobs", 1, 1_000_000),
     range("limits.max_queued_jobs", 0, 100_000_000),
+    // At least one answer of a few large images.
+    range("limits.max_memory_bytes", 16 * MIB, TIB),
     range("limits.requests_per_minute", 0, u32::MAX as u64),
     range("limits.images_per_minute", 0, u32::MAX as u64),
     range("models.gone_skip_seconds", 1, DAY),

@@ -86,7 +86,50 @@ pub struct Job {
     pub start_timeout: Option<Duration>,
 }
 
+/// The largest encoded image of `w`x`h` pixels a legitimate answer
+/// carries: 4 bytes a pixel (8-bit RGBA stored without compression, the
+/// worst a PNG gets) and half a byte more for an image a little larger than
+/// planned, plus 64 KiB of container and metadata. JPEG and WebP stay far
+/// below it.
+pub fn max_image_bytes((w, h): (u32, u32)) -> u64 {
+    let pixels = u64::from(w) * u64::from(h);
+    pixels * 4 + pixels / 2 + 64 * 1024
+}
+
+/// Length of the padded base64 of `n` bytes.
+pub fn base64_len(n: u64) -> u64 {
+    n.div_ceil(3) * 4
+}
+
+/// Memory a delivered link costs at most (a URL or a file name).
+const MAX_LINK_BYTES: u64 = 4 * 1024;
+
 impl Job {
+    /// The largest image this job can legitimately return (a download's cap).
+    pub fn max_image_bytes(&self) -> u64 {
+        max_image_bytes(self.expected_size)
+    }
+
+    /// The largest legitimate upstream answer for this job: its images
+    /// inline as base64 data URIs when it asked for them inline (else their
+    /// links), plus their JSON and the prompt echoed back (escaped).
+    pub fn max_answer_bytes(&self) -> u64 {
+        let each = match self.delivery {
+            ResponseFormat::B64Json => base64_len(self.max_image_bytes()) + 1024,
+            ResponseFormat::Url => MAX_LINK_BYTES,
+        };
+        u64::from(self.num_images) * each + self.prompt.len() as u64 * 6 + 64 * 1024
+    }
+
+    /// The most memory this job's images take once delivered in `format`.
+    pub fn max_delivered_bytes(&self, format: ResponseFormat) -> u64 {
+        let each = match format {
+            ResponseFormat::B64Json => base64_len(self.max_image_bytes()),
+            ResponseFormat::Url => MAX_LINK_BYTES,
+        };
+        u64::from(self.num_images) * each
+    }
+
     /// The most this job could cost (what a budget reserves).
     pub fn max_cost(&self) -> MicroUsd {
         let (w, h) = self.expected_size;
@@ -134,6 +177,27 @@ pub fn split_jobs(n: u8, max: u8) -> Vec<u8> {
 }
 
 impl GenerationPlan {
+    /// The most memory this plan can hold while it is made and answered,
+    /// on whichever endpoint of its chain serves it: the upstream answers
+    /// being read and the delivered images. What a request reserves from
+    /// the memory budget until its real answer is known.
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.model
+            .chain
+            .iter()
+            .map(|profile| {
+                self.for_endpoint(profile)
+                    .jobs
+                    .iter()
+                    .map(|job| {
+                        job.max_answer_bytes() + job.max_delivered_bytes(self.response_format)
+                    })
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The plan on `profile`'s endpoint. With a seed, the job holding
     /// images `k..` uses `seed + k`, so split jobs do not repeat each
     /// other's images.

@@ -41,7 +41,14 @@ async fn json_body(
     state: &AppState,
 ) -> Result<Value, ApiError> {
     body::check_json_content_type(req)?;
-    let bytes = body::read(req, payload, MAX_BODY_BYTES, state.body_timeout).await?;
+    let (bytes, _room) = body::read(
+        req,
+        payload,
+        MAX_BODY_BYTES,
+        state.body_timeout,
+        state.service.memory(),
+    )
+    .await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_body(format!("The request body is not valid JSON: {e}")))
 }

@@ -1,6 +1,7 @@
 //! Reading a JSON request body: the content type, and the body itself
 //! bounded in size and in the time the client takes to send it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -9,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::error::ApiError;
+use crate::memory::{MemoryBudget, Reservation};
 
 /// JSON only; a missing `Content-Type` is read as JSON too.
 pub fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
@@ -29,13 +31,16 @@ pub fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// The body, at most `limit` bytes, received within `timeout`.
+/// The body, at most `limit` bytes, received within `timeout`, and its
+/// room in the memory budget (its declared length, or `limit` when it
+/// declares none): a 429 when the budget has none.
 pub async fn read(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, ApiError> {
+    memory: &Arc<MemoryBudget>,
+) -> Result<(Bytes, Reservation), ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -44,6 +49,7 @@ pub async fn read(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
+    let room = memory.try_reserve(declared.unwrap_or(limit as u64))?;
     let read = async {
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit as u64) as usize);
         while let Some(chunk) = payload.next().await {
@@ -58,7 +64,8 @@ pub async fn read(
         }
         Ok(buf.freeze())
     };
-    tokio::time::timeout(timeout, read)
+    let body = tokio::time::timeout(timeout, read)
         .await
-        .map_err(|_| ApiError::RequestTimeout)?
+        .map_err(|_| ApiError::RequestTimeout)??;
+    Ok((body, room))
 }

@@ -39,7 +39,18 @@ pub struct ClientIo {
     replacement: Option<Bytes>,
 }
 
+/// The local address a client connected to (a request extension set per
+/// connection): where image links point when `server.public_base_url` is
+/// empty and forwarded headers are not trusted.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAddr(pub std::net::SocketAddr);
+
 impl ClientIo {
+    /// The local half of the connection.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+
     pub fn new(inner: TcpStream, write_timeout: Duration, timeouts: IntCounter) -> Self {
         Self {
             inner,

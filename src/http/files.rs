@@ -17,6 +17,8 @@ pub async fn get(
     })?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, file.format.content_type()))
+        // Served as the type its bytes are, and never sniffed as another.
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((
             header::CACHE_CONTROL,
             format!("private, max-age={}, immutable", files.ttl().as_secs()),

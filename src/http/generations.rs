@@ -8,17 +8,21 @@ use std::sync::Arc;
 use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use futures_util::StreamExt;
 
 use super::AppState;
 use super::middleware::RequestId;
 use super::{body, disconnect, stream};
 use crate::auth::{ClientId, DbKey};
+use crate::cache::memory::weight;
 use crate::cache::{CacheDirectives, CacheStatus};
 use crate::config::CacheScope;
 use crate::domain::{
     BackendKind, Date, Generation, GenerationPlan, Lifecycle, MicroUsd, ResponseFormat, date,
 };
 use crate::error::{ApiError, RateLimitHeaders};
+use crate::http::connection::LocalAddr;
+use crate::memory::Reservation;
 use crate::metrics::SavedBy;
 use crate::openai::{self, parse_generation_body, response};
 use crate::service::Pending;
@@ -30,8 +34,17 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     body::check_json_content_type(&req)?;
-    let body = body::read(&req, payload, state.max_body_bytes, state.body_timeout).await?;
+    let memory = state.service.memory();
+    let (body, body_room) = body::read(
+        &req,
+        payload,
+        state.max_body_bytes,
+        state.body_timeout,
+        memory,
+    )
+    .await?;
     let parsed = parse_generation_body(&body)?;
+    drop((body, body_room));
     let mut plan = openai::plan(
         &parsed.request,
         parsed.unknown_fields,
@@ -60,7 +73,7 @@ pub async fn create(
     };
     let tenant = match state.cache_scope {
         CacheScope::PerKey => client.map(|c| c.0),
-        CacheScope::Global => None,
+        CacheScope::Global | CacheScope::Auto => None,
     };
     let directives = CacheDirectives::parse(
         header_str(&req, header::CACHE_CONTROL),
@@ -73,7 +86,11 @@ pub async fn create(
     }
 
     let payer = payer(&req, client, db_key);
-    let (pending, status) = state
+    // A request that starts a generation gets room in the memory budget
+    // for the most its plan can hold while made (fal's answers being read)
+    // and answered, or a 429 now; cut to the real answer once known, and
+    // held until its last byte is written.
+    let (pending, status, mut room) = state
         .service
         .begin(&plan, tenant.as_ref().map(|t| &t[..]), directives, &payer)
         .await?;
@@ -86,6 +103,9 @@ pub async fn create(
         };
         if let Some(g) = ready {
             count_answer(&state, &plan, g);
+            if let Some(room) = &mut room {
+                room.shrink_to(u64::from(weight(g)));
+            }
         }
         generation_headers(&mut head, &plan, status, backend, ready);
         // A stream's head goes out before its images exist: its cost is
@@ -124,6 +144,7 @@ pub async fn create(
             state.stream_keepalive,
             client_gone,
             metrics,
+            room,
         )
     } else {
         let (generation, status, spent) = match pending {
@@ -141,6 +162,9 @@ pub async fn create(
             }
         };
         count_answer(&state, &plan, &generation);
+        if let Some(room) = &mut room {
+            room.shrink_to(u64::from(weight(&generation)));
+        }
         let mut head = HttpResponse::Ok();
         generation_headers(&mut head, &plan, status, backend, Some(&generation));
         // Only the request whose flight made the images paid for them.
@@ -150,7 +174,7 @@ pub async fn create(
         };
         head.insert_header((COST_HEADER, cost.usd_string()));
         count_saved(&state, &plan, status, &generation);
-        json_answer(head, &generation, &base_url(&req, &state))
+        json_answer(head, &generation, &base_url(&req, &state), room)
     };
     add_limit_headers(res.headers_mut(), &limit_headers);
     Ok(res)
@@ -199,16 +223,21 @@ fn count_saved(state: &AppState, plan: &GenerationPlan, status: CacheStatus, g: 
     }
 }
 
-/// OpenAI's JSON, written as chunks that share the image bytes.
-fn json_answer(mut head: HttpResponseBuilder, g: &Generation, base_url: &str) -> HttpResponse {
-    let (len, mut chunks) = response::json_chunks(g, base_url);
+/// OpenAI's JSON, written as chunks that share the image bytes; `room`
+/// (its memory) is held until the body is done with.
+fn json_answer(
+    mut head: HttpResponseBuilder,
+    g: &Generation,
+    base_url: &str,
+    room: Option<Reservation>,
+) -> HttpResponse {
+    let (len, chunks) = response::json_chunks(g, base_url);
     head.insert_header((header::CONTENT_TYPE, "application/json"));
-    if chunks.len() == 1 {
-        head.body(chunks.pop().unwrap_or_default())
-    } else {
-        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>));
-        head.body(SizedStream::new(len, stream))
-    }
+    let stream = futures_util::stream::iter(chunks).map(move |chunk| {
+        let _held = &room;
+        Ok::<_, Infallible>(chunk)
+    });
+    head.body(SizedStream::new(len, stream))
 }
 
 /// Headers every generation answer carries (JSON or stream). `generation`
@@ -315,14 +344,21 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Where links to `/v1/images/files/...` point: the configured public URL,
-/// or this request's own scheme and host.
+/// Where links to `/v1/images/files/...` point: the configured public URL;
+/// else, behind a proxy trusted to set them (`server.trust_forwarded_headers`),
+/// the request's `Forwarded` / `X-Forwarded-*` / `Host` headers; else the
+/// address the client connected to (a client's own headers never decide
+/// where another client's links point).
 fn base_url(req: &HttpRequest, state: &AppState) -> String {
-    match &state.public_base_url {
-        Some(url) => url.clone(),
-        None => {
-            let ci = req.connection_info();
-            format!("{}://{}", ci.scheme(), ci.host())
-        }
+    if let Some(url) = &state.public_base_url {
+        return url.clone();
+    }
+    if state.trust_forwarded_headers {
+        let ci = req.connection_info();
+        return format!("{}://{}", ci.scheme(), ci.host());
+    }
+    match req.conn_data::<LocalAddr>() {
+        Some(LocalAddr(addr)) => format!("http://{addr}"),
+        None => format!("http://{}", req.app_config().local_addr()),
     }
 }

@@ -19,7 +19,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let service = &state.service;
     let backend = service.backend_kind();
     let body = json!({
-        "status": if service.is_stopping() { "shutting_down" } else { "ready" },
+        "status": if service.is_draining() { "shutting_down" } else { "ready" },
         "backend": backend.as_str(),
         "fal_mode": match backend {
             BackendKind::Fal => Some(match state.fal_mode {
@@ -54,7 +54,8 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             "To keep serving the models behind these endpoints, {GONE_HINT}."
         ));
     }
-    if service.is_stopping() {
+    // From the first moment of shutdown, so load balancers stop sending.
+    if service.is_draining() {
         HttpResponse::ServiceUnavailable().json(body)
     } else {
         HttpResponse::Ok().json(body)

@@ -29,6 +29,9 @@ pub struct AppState {
     pub fal_mode: FalMode,
     /// `server.public_base_url` without a trailing slash, if set.
     pub public_base_url: Option<String>,
+    /// `server.trust_forwarded_headers`: links may follow the request's
+    /// `Forwarded` / `X-Forwarded-*` / `Host` headers.
+    pub trust_forwarded_headers: bool,
     pub plan_limits: PlanLimits,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Fuse;
 
+use crate::cache::memory::weight;
 use crate::domain::GenerationPlan;
+use crate::memory::Reservation;
 use crate::metrics::Metrics;
 use crate::openai::events;
 use crate::service::flights::FlightResult;
@@ -24,7 +26,9 @@ use crate::service::flights::FlightResult;
 pub type Answer = Pin<Box<dyn Future<Output = FlightResult> + Send>>;
 
 /// The streamed answer: `res` carries the generation headers already.
-/// `metrics`, when given, counts the answer once its images arrive.
+/// `metrics`, when given, counts the answer once its images arrive. `room`
+/// (its memory) is held until the stream ends, cut to the real answer once
+/// it arrives.
 pub fn respond(
     mut res: HttpResponseBuilder,
     plan: GenerationPlan,
@@ -32,6 +36,7 @@ pub fn respond(
     keepalive: Duration,
     client_gone: impl Future<Output = ()> + Send + 'static,
     metrics: Option<Arc<Metrics>>,
+    room: Option<Reservation>,
 ) -> HttpResponse {
     res.insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -44,6 +49,7 @@ pub fn respond(
         plan,
         gone: Box::pin(client_gone),
         metrics,
+        room,
     };
     res.streaming(futures_util::stream::unfold(body, EventStream::next))
 }
@@ -58,6 +64,7 @@ struct EventStream {
     /// leaves the flight.
     gone: Pin<Box<dyn Future<Output = ()> + Send>>,
     metrics: Option<Arc<Metrics>>,
+    room: Option<Reservation>,
 }
 
 impl EventStream {
@@ -72,6 +79,9 @@ impl EventStream {
                     self.answer = None;
                     match result {
                         Ok(g) => {
+                            if let Some(room) = &mut self.room {
+                                room.shrink_to(u64::from(weight(&g)));
+                            }
                             if let Some(m) = &self.metrics {
                                 m.generations
                                     .with_label_values(&[self.plan.model.id.as_str(), &g.endpoint])

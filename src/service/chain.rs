@@ -314,6 +314,7 @@ mod tests {
             files: Arc::new(FileStore::new(1 << 20, Duration::from_secs(60))),
             cache: None,
             shared_cache: None,
+            memory: crate::memory::MemoryBudget::new(1 << 30, metrics.clone()),
             cache_seeded_only: false,
             limiter: JobLimiter::new(8, 8, metrics.clone()),
             spend: Arc::new(Spend::new(
@@ -353,7 +354,7 @@ mod tests {
             max_prompt_chars: 1000,
         };
         let plan = plan(&parsed.request, vec![], &catalog, limits).unwrap();
-        let (pending, _) = service
+        let (pending, _, _) = service
             .begin(&plan, None, CacheDirectives::default(), payer)
             .await?;
         match pending {

@@ -25,11 +25,11 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
 use crate::cache::{CacheDirectives, CacheKey, CacheStatus, MemoryCache, RedisCache};
 use crate::domain::{
-    BackendKind, EndpointPlan, Generation, GenerationPlan, Image, Job, MicroUsd, OutputFormat,
-    ResponseFormat,
+    BackendKind, EndpointPlan, Generation, GenerationPlan, Image, Job, MicroUsd, ResponseFormat,
 };
 use crate::error::ApiError;
 use crate::files::FileStore;
+use crate::memory::{self, MemoryBudget};
 use crate::metrics::Metrics;
 use crate::spend::{self, Payer, Spend};
 use crate::store::budget::{Charge, Reservation};
@@ -138,6 +138,8 @@ pub struct ServiceParts {
     pub files: Arc<FileStore>,
     pub cache: Option<MemoryCache>,
     pub shared_cache: Option<Arc<RedisCache>>,
+    /// `limits.max_memory_bytes`: what answers in flight hold.
+    pub memory: Arc<MemoryBudget>,
     pub limiter: JobLimiter,
     pub metrics: Arc<Metrics>,
     /// Budgets and the spend ledger.
@@ -160,6 +162,7 @@ pub struct GenerationService {
     files: Arc<FileStore>,
     cache: Option<MemoryCache>,
     shared_cache: Option<Arc<RedisCache>>,
+    memory: Arc<MemoryBudget>,
     flights: Arc<Flights>,
     limiter: JobLimiter,
     metrics: Arc<Metrics>,
@@ -172,6 +175,8 @@ pub struct GenerationService {
     runtime: tokio::runtime::Handle,
     /// Cancelled at shutdown; every flight's token is its child.
     stopping: CancellationToken,
+    /// Set when shutdown begins, before the grace period.
+    draining: std::sync::atomic::AtomicBool,
     tasks: TaskTracker,
 }
 
@@ -183,6 +188,7 @@ impl GenerationService {
             files: parts.files,
             cache: parts.cache,
             shared_cache: parts.shared_cache,
+            memory: parts.memory,
             limiter: parts.limiter,
             metrics: parts.metrics,
             spend: parts.spend,
@@ -193,6 +199,7 @@ impl GenerationService {
             start_timeout: parts.start_timeout,
             runtime: parts.runtime,
             stopping: CancellationToken::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             tasks: parts.tasks,
         })
     }
@@ -206,13 +213,19 @@ impl GenerationService {
     /// a flight of its own can start (refused: `insufficient_quota`, and no
     /// job); a cache hit or joining a flight in flight costs nothing and
     /// needs no reservation, whatever is left of the budget.
+    ///
+    /// Likewise only a request that starts a new flight takes room in the
+    /// memory budget (the most its plan can hold while made and answered;
+    /// handed to the caller, to hold until its answer is written), or is shed
+    /// with a 429 when there is none. A hit or a request that joins a flight
+    /// shares bytes that are already counted (the cache's, the flight's).
     pub async fn begin(
         self: &Arc<Self>,
         plan: &GenerationPlan,
         tenant: Option<&[u8]>,
         directives: CacheDirectives,
         payer: &Payer,
-    ) -> Result<(Pending, CacheStatus), ApiError> {
+    ) -> Result<(Pending, CacheStatus, Option<memory::Reservation>), ApiError> {
         if self.stopping.is_cancelled() {
             return Err(ApiError::ShuttingDown);
         }
@@ -224,7 +237,7 @@ impl GenerationService {
             && let Some(generation) = cache.get(&key).await
         {
             self.metrics.count_lookup(CacheStatus::Hit.result());
-            return Ok((Pending::Ready(generation), CacheStatus::Hit));
+            return Ok((Pending::Ready(generation), CacheStatus::Hit, None));
         }
         // `no-cache` never joins others: it asked for a fresh generation.
         let keys = FlightKeys {
@@ -232,10 +245,22 @@ impl GenerationService {
             store: key.filter(|_| !directives.no_store),
         };
         let mut reservation = None;
+        // Room in the memory budget for a flight of its own; without it,
+        // joining an identical flight in the air needs none.
+        let room = match self.memory.try_reserve(plan.max_memory_bytes()) {
+            Ok(room) => Some(room),
+            Err(shed) => {
+                let Some(w) = keys.shared.and_then(|k| self.flights.join_existing(k)) else {
+                    return Err(shed);
+                };
+                self.metrics.count_lookup(CacheStatus::Coalesced.result());
+                return Ok((Pending::Waiting(w), CacheStatus::Coalesced, None));
+            }
+        };
         if payer.key.is_some() {
             if let Some(w) = keys.shared.and_then(|k| self.flights.join_existing(k)) {
                 self.metrics.count_lookup(CacheStatus::Coalesced.result());
-                return Ok((Pending::Waiting(w), CacheStatus::Coalesced));
+                return Ok((Pending::Waiting(w), CacheStatus::Coalesced, None));
             }
             reservation = self.spend.reserve(payer, self.max_cost(plan)).await?;
         }
@@ -264,13 +289,13 @@ impl GenerationService {
                     Source::Shared => {
                         let generation = w.wait().await?;
                         self.metrics.count_lookup(CacheStatus::SharedHit.result());
-                        return Ok((Pending::Ready(generation), CacheStatus::SharedHit));
+                        return Ok((Pending::Ready(generation), CacheStatus::SharedHit, room));
                     }
                     Source::Remote => {
                         // Counted once settled: if the other replica's
                         // answer never comes, this one generates (a miss).
                         w.provisional = true;
-                        return Ok((Pending::Waiting(w), CacheStatus::Coalesced));
+                        return Ok((Pending::Waiting(w), CacheStatus::Coalesced, room));
                     }
                     Source::Generate if keys.shared.is_some() => (w, CacheStatus::Miss),
                     Source::Generate => (w, CacheStatus::Bypass),
@@ -278,7 +303,9 @@ impl GenerationService {
             }
         };
         self.metrics.count_lookup(status.result());
-        Ok((Pending::Waiting(waiter), status))
+        // A follower's room goes back at once.
+        let room = room.filter(|_| status != CacheStatus::Coalesced);
+        Ok((Pending::Waiting(waiter), status, room))
     }
 
     /// Wait for a pending answer; `status` is what [`Self::begin`] said,
@@ -482,10 +509,7 @@ impl GenerationService {
                 }
                 let image_format = image.format.unwrap_or(on_endpoint.output_format);
                 format.get_or_insert(image_format);
-                images.push(
-                    self.deliver(image, plan.response_format, image_format)
-                        .await?,
-                );
+                images.push(self.deliver(image, plan.response_format).await?);
             }
         }
         let (w, h) = dims.unwrap_or(on_endpoint.size);
@@ -601,7 +625,6 @@ impl GenerationService {
         &self,
         image: GeneratedImage,
         response_format: ResponseFormat,
-        format: OutputFormat,
     ) -> Result<Image, ApiError> {
         let b64 = &base64::engine::general_purpose::STANDARD;
         match (response_format, image.content) {
@@ -615,16 +638,27 @@ impl GenerationService {
                         .into(),
             }),
             (ResponseFormat::Url, ImageContent::Url(url)) => Ok(Image::Url(url.into())),
-            (ResponseFormat::Url, ImageContent::Raw(raw)) => {
-                Ok(Image::File(self.files.put(raw, format).await))
-            }
+            (ResponseFormat::Url, ImageContent::Raw(raw)) => self.keep_file(raw).await,
             (ResponseFormat::Url, ImageContent::Base64(text)) => {
                 let raw = b64.decode(&text).map_err(|_| ApiError::Upstream {
                     message: "The image backend answered with a data URI that is not base64."
                         .into(),
                 })?;
-                Ok(Image::File(self.files.put(Bytes::from(raw), format).await))
+                self.keep_file(Bytes::from(raw)).await
             }
+        }
+    }
+
+    /// An image kept for `GET /v1/images/files/...`: only bytes that are an
+    /// image file (served as the type they are, never as claimed).
+    async fn keep_file(&self, raw: Bytes) -> Result<Image, ApiError> {
+        match self.files.put(raw).await {
+            Some(name) => Ok(Image::File(name)),
+            None => Err(ApiError::Upstream {
+                message:
+                    "The image backend answered with bytes that are not a PNG, JPEG or WebP image."
+                        .into(),
+            }),
         }
     }
 
@@ -639,6 +673,11 @@ impl GenerationService {
             Some(cache) => Some(cache.usage().await),
             None => None,
         }
+    }
+
+    /// The memory budget answers in flight hold their room in.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
     }
 
     pub fn cache_enabled(&self) -> bool {
@@ -667,6 +706,18 @@ impl GenerationService {
     /// Whether shutdown has begun.
     pub fn is_stopping(&self) -> bool {
         self.stopping.is_cancelled()
+    }
+
+    /// Shutdown has begun: in-flight requests still finish, but `/readyz`
+    /// answers 503 from now on.
+    pub fn begin_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether shutdown has begun (draining, or past it).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire) || self.is_stopping()
     }
 
     /// Cancelled when shutdown begins, for background work to stop by.
@@ -736,6 +787,7 @@ mod tests {
                 metrics.clone(),
             )),
             shared_cache: None,
+            memory: MemoryBudget::new(1 << 30, metrics.clone()),
             cache_seeded_only: false,
             limiter: JobLimiter::new(4, 4, metrics.clone()),
             spend: Arc::new(Spend::new(store, metrics.clone(), Duration::from_secs(30))),
@@ -750,7 +802,7 @@ mod tests {
 
     async fn wait(service: &Arc<GenerationService>) -> Result<Arc<Generation>, ApiError> {
         let plan = plan_json(r#"{"prompt":"panic"}"#).unwrap();
-        let (pending, _) = service
+        let (pending, _, _) = service
             .begin(&plan, None, CacheDirectives::default(), &Payer::default())
             .await?;
         match pending {

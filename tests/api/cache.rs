@@ -195,9 +195,32 @@ async fn per_key_scope_never_shares_images_between_client_keys() {
 }
 
 #[actix_web::test]
+async fn with_client_keys_the_default_scope_keeps_keys_apart() {
+    let app = spawn_app_with(|s| {
+        s.auth.api_keys = vec![Secret::new("sk-tenant-a"), Secret::new("sk-tenant-b")];
+    })
+    .await;
+    let body = json!({"prompt":"did anyone ask this before?"});
+    let a = app
+        .post_generation_with(body.clone(), &[("authorization", "Bearer sk-tenant-a")])
+        .await;
+    assert_eq!(a.headers()["x-cache"], "MISS");
+    let b = app
+        .post_generation_with(body, &[("authorization", "Bearer sk-tenant-b")])
+        .await;
+    assert_eq!(
+        b.headers()["x-cache"],
+        "MISS",
+        "key b cannot learn that key a asked for this prompt"
+    );
+    assert_eq!(app.fal.count(Op::Submit), 2);
+}
+
+#[actix_web::test]
 async fn the_global_scope_shares_between_keys() {
     let app = spawn_app_with(|s| {
         s.auth.api_keys = vec![Secret::new("sk-tenant-a"), Secret::new("sk-tenant-b")];
+        s.cache.scope = CacheScope::Global;
     })
     .await;
     let body = json!({"prompt":"shared"});

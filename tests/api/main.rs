@@ -12,6 +12,7 @@ mod generations;
 mod hostile;
 mod keys;
 mod limits;
+mod memory;
 mod metrics;
 mod models;
 mod openapi;

@@ -375,6 +375,55 @@ async fn sigterm_and_sigint_let_in_flight_requests_finish() {
 }
 
 #[actix_web::test]
+async fn readyz_answers_503_from_the_moment_shutdown_begins() {
+    let fal = FakeFal::start(
+        "127.0.0.1:0",
+        FakeConfig {
+            queue_ms: 2_000,
+            ..FakeConfig::default()
+        },
+        1,
+    )
+    .unwrap();
+    let admin = free_port();
+    let mut env = fal_env(&fal);
+    env.push((
+        "IMAGE_GATEWAY__METRICS__LISTEN",
+        format!("127.0.0.1:{admin}"),
+    ));
+    env.push(("IMAGE_GATEWAY__SERVER__SHUTDOWN_GRACE_SECONDS", "10".into()));
+    let mut gw = Gateway::start(&env).await;
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(&readyz).send().await.unwrap().status(), 200);
+    let url = gw.url("/v1/images/generations");
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"prompt":"in flight while draining"}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load balancer's probe, on a new connection, during the grace period.
+    let during = reqwest::Client::new().get(&readyz).send().await.unwrap();
+    assert_eq!(during.status(), 503, "not ready once shutdown began");
+    let body: serde_json::Value = during.json().await.unwrap();
+    assert_eq!(body["status"], "shutting_down");
+
+    assert_eq!(
+        request.await.unwrap().unwrap().status(),
+        200,
+        "in flight finishes"
+    );
+    let (code, _) = gw.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+}
+
+#[actix_web::test]
 async fn after_the_grace_period_remaining_jobs_are_cancelled_and_answered_503() {
     let (fal, mut gw, request) = with_a_request_in_flight(60_000, 1).await;
 

@@ -167,6 +167,43 @@ async fn without_a_fal_key_the_local_backend_serves_real_images_at_imagen_sizes(
 }
 
 #[actix_web::test]
+async fn links_follow_forwarded_headers_only_when_trusted() {
+    let spoofed = [
+        ("host", "evil.example"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "host=evil.example;proto=https"),
+    ];
+    for trusted in [false, true] {
+        let app = spawn_app_with(|s| {
+            s.backend = BackendChoice::Local;
+            s.fal.key = None;
+            s.server.trust_forwarded_headers = trusted;
+        })
+        .await;
+        let (status, _, body) = json(
+            app.post_generation_with(json!({"prompt":"where do links point"}), &spoofed)
+                .await,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let url = body["data"][0]["url"].as_str().unwrap();
+        if trusted {
+            assert!(
+                url.starts_with("https://evil.example/v1/images/files/"),
+                "{url}"
+            );
+        } else {
+            // The address the client connected to, whatever it claims.
+            assert!(
+                url.starts_with(&format!("{}/v1/images/files/", app.address)),
+                "{url}"
+            );
+        }
+    }
+}
+
+#[actix_web::test]
 async fn local_url_answers_link_to_files_the_gateway_serves() {
     let app = spawn_app_with(|s| {
         s.backend = BackendChoice::Local;
@@ -188,6 +225,7 @@ async fn local_url_answers_link_to_files_the_gateway_serves() {
     let res = app.client.get(url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "image/jpeg");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
     let bytes = res.bytes().await.unwrap();
     let img = image::load_from_memory(&bytes).unwrap();
     assert_eq!((img.width(), img.height()), (768, 1408));

@@ -40,9 +40,9 @@ pub fn call_error(e: CallError, ctx: &JobContext) -> ApiError {
                 .into(),
             }
         }
-        CallError::TooLarge => {
-            protocol("an answer larger than the gateway's fal.max_response_bytes")
-        }
+        CallError::TooLarge => protocol(
+            "an answer larger than the largest legitimate answer for the job (its images at their size) or fal.max_response_bytes",
+        ),
     }
 }
 

@@ -152,16 +152,25 @@ impl FalBackend {
     /// answer must be a success; anything else is classified into the
     /// client's error.
     async fn fetch(&self, op: Operation, url: &str, ctx: &JobContext) -> Result<Answer, JobError> {
+        self.fetch_capped(op, url, ctx, None).await
+    }
+
+    /// [`Self::fetch`] of an answer at most `cap` bytes long.
+    async fn fetch_capped(
+        &self,
+        op: Operation,
+        url: &str,
+        ctx: &JobContext,
+        cap: Option<u64>,
+    ) -> Result<Answer, JobError> {
+        let policy = CallPolicy {
+            max_response_bytes: cap,
+            ..CallPolicy::IDEMPOTENT
+        };
         let answer = match self
             .shared
             .upstream
-            .call(
-                op,
-                url,
-                |u| self.request(Method::GET, u),
-                ctx,
-                CallPolicy::IDEMPOTENT,
-            )
+            .call(op, url, |u| self.request(Method::GET, u), ctx, policy)
             .await
         {
             Ok(answer) => answer,
@@ -189,7 +198,12 @@ impl FalBackend {
         let started = running_since.unwrap_or(done);
         let finished = "; the upstream job had finished, but its result did not arrive in time";
         let answer = self
-            .fetch(Operation::Result, &urls.response, ctx)
+            .fetch_capped(
+                Operation::Result,
+                &urls.response,
+                ctx,
+                Some(job.max_answer_bytes()),
+            )
             .await
             .map_err(|e| settled(e, ctx, finished))?;
         let (images, seed) = self
@@ -219,6 +233,7 @@ impl FalBackend {
             bounded: false,
             retry_429: self.max_queue_length == 0,
             max_retries: None,
+            max_response_bytes: None,
         };
         // The submit's own context: it stops retrying at the deadline, but
         // a hang-up does not abort it.
@@ -352,7 +367,10 @@ impl FalBackend {
             for image in &mut images {
                 if let ImageContent::Url(url) = &image.content {
                     let format = image.format.unwrap_or(job.delivered_format);
-                    image.content = ImageContent::Raw(self.download(url, format, ctx).await?);
+                    image.content = ImageContent::Raw(
+                        self.download(url, format, job.max_image_bytes(), ctx)
+                            .await?,
+                    );
                 }
             }
         }
@@ -366,6 +384,7 @@ impl FalBackend {
         &self,
         url: &str,
         format: OutputFormat,
+        cap: u64,
         ctx: &JobContext,
     ) -> Result<Bytes, JobError> {
         let refused = |why: &str| JobError::Failed(protocol(why));
@@ -378,7 +397,10 @@ impl FalBackend {
                 url.as_str(),
                 |_| self.downloads.get(&url),
                 ctx,
-                CallPolicy::IDEMPOTENT,
+                CallPolicy {
+                    max_response_bytes: Some(cap),
+                    ..CallPolicy::IDEMPOTENT
+                },
             )
             .await
         {
@@ -408,7 +430,9 @@ impl FalBackend {
             bounded: true,
             retry_429: true,
             max_retries: None,
+            max_response_bytes: Some(job.max_answer_bytes()),
         };
+
         // A sync call cannot be cancelled upstream; dropping it is how fal
         // learns nobody waits.
         let dropped = "; the synchronous fal call was dropped, which cancels it";

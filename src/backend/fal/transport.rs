@@ -195,7 +195,7 @@ impl Upstream {
             };
             let started = std::time::Instant::now();
             let mut outcome = self
-                .attempt(build(url).timeout(timeout), ctx, policy.bounded)
+                .attempt(build(url).timeout(timeout), ctx, policy)
                 .await?;
             if let Err(ExecError::Transport { connect: true, .. }) = &outcome
                 && let Some(backup) = self.backup_of(url)
@@ -205,7 +205,7 @@ impl Upstream {
                     "connection to fal failed; trying its backup host"
                 );
                 outcome = self
-                    .attempt(build(&backup).timeout(timeout), ctx, policy.bounded)
+                    .attempt(build(&backup).timeout(timeout), ctx, policy)
                     .await?;
             }
             self.metrics
@@ -280,22 +280,29 @@ impl Upstream {
         }
     }
 
-    /// One attempt, stopped by `ctx`'s cancellation and, when `bounded`,
-    /// by its deadline.
+    /// One attempt, stopped by `ctx`'s cancellation and, when the policy
+    /// is `bounded`, by its deadline.
     async fn attempt(
         &self,
         req: reqwest::RequestBuilder,
         ctx: &JobContext,
-        bounded: bool,
+        policy: CallPolicy,
     ) -> Result<Result<Answer, ExecError>, CallError> {
-        if bounded {
+        let limit = policy
+            .max_response_bytes
+            .map_or(self.max_response_bytes, |cap| {
+                usize::try_from(cap).map_or(self.max_response_bytes, |cap| {
+                    cap.min(self.max_response_bytes)
+                })
+            });
+        if policy.bounded {
             return ctx
-                .race(self.execute(req))
+                .race(self.execute(req, limit))
                 .await
                 .map_err(CallError::Stopped);
         }
         tokio::select! {
-            outcome = self.execute(req) => Ok(outcome),
+            outcome = self.execute(req, limit) => Ok(outcome),
             () = ctx.cancel.cancelled() => Err(CallError::Stopped(Stop::Cancelled)),
         }
     }
@@ -316,11 +323,15 @@ impl Upstream {
             .inc();
     }
 
-    async fn execute(&self, req: reqwest::RequestBuilder) -> Result<Answer, ExecError> {
+    /// Send `req` and read its answer, at most `limit` bytes of it.
+    async fn execute(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<Answer, ExecError> {
         let mut resp = req.send().await.map_err(ExecError::from_reqwest)?;
         let status = resp.status();
         let headers = std::mem::take(resp.headers_mut());
-        let limit = self.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > limit as u64) {
             return Err(ExecError::TooLarge);
         }
@@ -362,6 +373,10 @@ pub struct CallPolicy {
     pub retry_429: bool,
     /// Overrides `fal.max_retries` (cancels retry like fal's JS client: 3).
     pub max_retries: Option<u32>,
+    /// The largest answer this call can legitimately get (the endpoint's
+    /// largest result for the job); `fal.max_response_bytes` bounds every
+    /// call besides.
+    pub max_response_bytes: Option<u64>,
 }
 
 impl CallPolicy {
@@ -371,6 +386,7 @@ impl CallPolicy {
         bounded: true,
         retry_429: true,
         max_retries: None,
+        max_response_bytes: None,
     };
 }
 

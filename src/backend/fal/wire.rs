@@ -159,8 +159,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// A model's output to images: data URIs become zero-copy base64 slices of
-/// `body`, anything else must be an http(s) URL. Each image's format is
+/// The most of fal's answer an image's zero-copy slice may keep alive
+/// beyond the image itself (a one-image answer's JSON); past it, the image
+/// is copied out so the answer can be freed.
+const MAX_PINNED_EXTRA: usize = 4096;
+
+/// A model's output to images: data URIs become base64 (a zero-copy slice
+/// of `body` when the image is nearly all of it, else a copy: a slice keeps
+/// fal's whole answer alive for as long as the image is cached or written,
+/// while only the image is weighed), anything else must be an http(s) URL. Each image's format is
 /// read from its `content_type` (or the data URI's) when one is given.
 pub fn parse_output(body: &Bytes) -> Result<ParsedOutput, ApiError> {
     let output: Output<'_> = serde_json::from_slice(body)
@@ -190,11 +197,11 @@ pub fn parse_output(body: &Bytes) -> Result<ParsedOutput, ApiError> {
                     return Err(protocol("a data URI that is not base64"));
                 }
                 let bytes = match &url {
-                    Cow::Borrowed(s) => {
+                    Cow::Borrowed(s) if body.len() - payload.len() <= MAX_PINNED_EXTRA => {
                         let start = s.len() - payload.len();
                         body.slice_ref(&s.as_bytes()[start..])
                     }
-                    Cow::Owned(_) => Bytes::copy_from_slice(payload.as_bytes()),
+                    _ => Bytes::copy_from_slice(payload.as_bytes()),
                 };
                 ImageContent::Base64(
                     normalize_base64(bytes)
@@ -365,7 +372,33 @@ mod tests {
     }
 
     #[test]
-    fn outputs_parse_into_zero_copy_base64_or_urls() {
+    fn an_image_never_keeps_more_of_the_answer_alive_than_itself() {
+        let big = "QUJD".repeat(4096);
+        let two = Bytes::from(format!(
+            r#"{{"images":[{{"url":"data:image/png;base64,{big}"}},{{"url":"data:image/png;base64,{big}"}}]}}"#
+        ));
+        let inside = |b: &Bytes, body: &Bytes| {
+            body.as_ptr() <= b.as_ptr() && b.as_ptr() < body.as_ptr().wrapping_add(body.len())
+        };
+        for image in parse_output(&two).unwrap().images {
+            match &image.content {
+                // Copied: each is half the answer.
+                ImageContent::Base64(b) => assert!(b.len() == big.len() && !inside(b, &two)),
+                other => panic!("{other:?}"),
+            }
+        }
+        // One image that is nearly the whole answer is shared, not copied.
+        let one = Bytes::from(format!(
+            r#"{{"images":[{{"url":"data:image/png;base64,{big}","width":64,"height":64}}],"seed":7}}"#
+        ));
+        match &parse_output(&one).unwrap().images[0].content {
+            ImageContent::Base64(b) => assert!(inside(b, &one)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn outputs_parse_into_base64_or_urls() {
         let body = Bytes::from_static(
             br#"{"images":[{"url":"data:image/png;base64,aGVsbG8=","width":1024,"height":1024},{"url":"https://v3.fal.media/files/x.png"}],"description":""}"#,
         );
@@ -376,7 +409,7 @@ mod tests {
         match &images[0].content {
             ImageContent::Base64(b) => {
                 assert_eq!(&b[..], b"aGVsbG8=");
-                // A slice of the body, not a copy.
+                // A slice of the body, not a copy: it is most of the body.
                 assert!(
                     body.as_ptr() <= b.as_ptr()
                         && b.as_ptr() < body.as_ptr().wrapping_add(body.len())
