@@ -5,8 +5,12 @@
 //! - [`transport`]: the pooled client, retries, backup hosts, size cap and
 //!   call metrics;
 //! - [`errors`]: the one classification of fal's failures;
-//! - [`wire`]: fal's JSON (Imagen's input, queue answers, model output);
-//! - [`status`] and [`sse`]: watching a job until it is done.
+//! - [`wire`]: fal's JSON (each endpoint's input, queue answers, model output);
+//! - [`status`] and [`sse`]: watching a job until it is done;
+//! - `job_urls`: where a queued job's status, result and cancel live;
+//! - `cancel`: cancelling jobs nobody waits for, retried and counted;
+//! - `download`: fetching images from fal's media hosts only;
+//! - [`fallback`]: which failures move a chain to its next endpoint.
 //!
 //! A submit is paid: it is never repeated once it may have reached fal, and
 //! a job the gateway stops caring about (deadline, hang-up, an error while
@@ -34,44 +38,34 @@ use super::{ImageBackend, ImageContent, JobContext, JobOutput, Stop};
 use crate::config::{FalMode, FalSettings, QueuePriority, Secret};
 use crate::domain::{BackendKind, Job, OutputFormat, ResponseFormat};
 use crate::error::ApiError;
-use crate::metrics::{CancelOutcome, CancelReason};
+use crate::metrics::CancelOutcome;
 
+mod cancel;
 mod download;
 pub mod errors;
 pub mod fallback;
+mod job_urls;
 pub mod sse;
 mod status;
 pub mod transport;
 pub mod wire;
 
+use cancel::cancel_reason;
 use errors::protocol;
 use fallback::{call_error, classify};
+use job_urls::JobUrls;
 use transport::{Answer, CallError, CallPolicy, Operation, Repeat, Upstream};
-use wire::{CancelAnswer, Submitted, app_path, model_input, parse_output};
+use wire::{model_input, parse_output};
 
 /// How long a client whose deadline passed waits, beyond it, for fal's
 /// answer to the cancel, so its 504 can say what became of the job.
 const CANCEL_WAIT: Duration = Duration::from_secs(3);
-/// Time a cancel (retries included) may take in the background.
-const CANCEL_BUDGET: Duration = Duration::from_secs(30);
-/// Retries of a cancel: fal's JS client's.
-const CANCEL_RETRIES: u32 = 3;
-
 /// Why a fal job produced no images.
 enum JobError {
     /// Cancelled or past the deadline: the queued job must be cancelled.
     Stopped(Stop),
     /// fal (or the way to it) failed: the client's error.
     Failed(ApiError),
-}
-
-/// Where a queued job's status, result and cancel live.
-#[derive(Clone, Debug)]
-struct JobUrls {
-    id: String,
-    status: String,
-    response: String,
-    cancel: String,
 }
 
 /// What the submit, the cancels and the watch share, also from tasks that
@@ -518,152 +512,6 @@ impl Shared {
             );
         }
         req
-    }
-
-    /// The job's URLs from a submit answer.
-    fn job_urls(&self, job: &Job, answer: &Answer) -> Result<JobUrls, ApiError> {
-        if !answer.status.is_success() {
-            return Err(classify(Operation::Submit, answer));
-        }
-        let submitted: Submitted = serde_json::from_slice(&answer.body)
-            .map_err(|_| protocol("a submit answer without request_id"))?;
-        let id = submitted.request_id;
-        if id.is_empty()
-            || id.len() > 128
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(protocol("a malformed request_id"));
-        }
-        let built = format!(
-            "{}/{}/requests/{id}",
-            self.queue_url,
-            app_path(job.endpoint.full())
-        );
-        let pick = |given: Option<String>, fallback: String| match given {
-            Some(url) if self.on_queue_origin(&url) => url,
-            Some(_) => {
-                tracing::warn!(
-                    fal_request_id = id.as_str(),
-                    "fal's submit answer points outside the configured fal hosts; building the URL instead"
-                );
-                fallback
-            }
-            None => fallback,
-        };
-        Ok(JobUrls {
-            status: pick(submitted.status_url, format!("{built}/status")),
-            cancel: pick(submitted.cancel_url, format!("{built}/cancel")),
-            response: pick(submitted.response_url, built),
-            id,
-        })
-    }
-
-    /// Whether `url` is an http(s) URL without query or fragment on the
-    /// origin of `queue_url` or its backup.
-    fn on_queue_origin(&self, url: &str) -> bool {
-        let Ok(parsed) = reqwest::Url::parse(url) else {
-            return false;
-        };
-        matches!(parsed.scheme(), "http" | "https")
-            && parsed.query().is_none()
-            && parsed.fragment().is_none()
-            && self
-                .queue_origins
-                .contains(&parsed.origin().ascii_serialization())
-    }
-
-    /// Ask fal to cancel a job, retried like fal's clients retry; the
-    /// handle yields fal's answer. Tracked so shutdown waits for it.
-    fn spawn_cancel(&self, urls: &JobUrls, reason: CancelReason) -> JoinHandle<CancelOutcome> {
-        let upstream = self.upstream.clone();
-        let metrics = upstream.metrics.clone();
-        metrics
-            .upstream_cancels
-            .with_label_values(&[reason.as_str()])
-            .inc();
-        let req_headers = self.auth_headers.clone();
-        let url = urls.cancel.clone();
-        let id = urls.id.clone();
-        self.cancels.spawn(
-            async move {
-                let ctx = JobContext {
-                    deadline: Instant::now() + CANCEL_BUDGET,
-                    cancel: CancellationToken::new(),
-                    timeout_seconds: CANCEL_BUDGET.as_secs(),
-                    account: None,
-                };
-                let policy = CallPolicy {
-                    max_retries: Some(CANCEL_RETRIES),
-                    ..CallPolicy::IDEMPOTENT
-                };
-                let build = |u: &str| {
-                    upstream
-                        .http
-                        .request(Method::PUT, u)
-                        .headers(req_headers.clone())
-                };
-                let answer = upstream
-                    .call(Operation::Cancel, &url, build, &ctx, policy)
-                    .await;
-                let outcome = match &answer {
-                    Ok(answer) => cancel_outcome(answer),
-                    Err(_) => CancelOutcome::Failed,
-                };
-                metrics
-                    .upstream_cancel_outcomes
-                    .with_label_values(&[outcome.as_str()])
-                    .inc();
-                let x_fal_request_id = answer
-                    .as_ref()
-                    .ok()
-                    .and_then(Answer::fal_request_id)
-                    .unwrap_or("");
-                if outcome == CancelOutcome::Failed {
-                    tracing::warn!(
-                        request_id = id.as_str(),
-                        x_fal_request_id,
-                        reason = reason.as_str(),
-                        "cancelling a fal job failed; it may still run"
-                    );
-                } else {
-                    tracing::debug!(
-                        request_id = id.as_str(),
-                        outcome = outcome.as_str(),
-                        reason = reason.as_str(),
-                        "fal job cancelled"
-                    );
-                }
-                outcome
-            }
-            .in_current_span(),
-        )
-    }
-}
-
-/// fal's answer to a cancel: the `status` it names, else its HTTP status
-/// (202 requested, 400 already completed, 404 not found).
-fn cancel_outcome(answer: &Answer) -> CancelOutcome {
-    let named = serde_json::from_slice::<CancelAnswer>(&answer.body)
-        .ok()
-        .and_then(|a| a.status);
-    match (named.as_deref(), answer.status.as_u16()) {
-        (Some("CANCELLATION_REQUESTED" | "OK"), _) => CancelOutcome::CancellationRequested,
-        (Some("ALREADY_COMPLETED"), _) => CancelOutcome::AlreadyCompleted,
-        (Some("NOT_FOUND"), _) => CancelOutcome::NotFound,
-        (_, 200..=299) => CancelOutcome::CancellationRequested,
-        (_, 400) => CancelOutcome::AlreadyCompleted,
-        (_, 404) => CancelOutcome::NotFound,
-        _ => CancelOutcome::Failed,
-    }
-}
-
-fn cancel_reason(e: &JobError) -> CancelReason {
-    match e {
-        JobError::Stopped(Stop::Cancelled) => CancelReason::Cancelled,
-        JobError::Stopped(Stop::Deadline) => CancelReason::Deadline,
-        JobError::Failed(_) => CancelReason::Error,
     }
 }
 
