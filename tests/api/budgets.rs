@@ -383,8 +383,10 @@ async fn a_crashed_replicas_reservation_expires_and_gives_the_budget_back() {
         })
         .await
         .unwrap();
-    // A replica reserves and dies before settling (a 1 s reservation).
-    let held = store.reserve(&key.id, 40_000, 1).await.unwrap();
+    // A replica reserves and dies before settling (a 3 s reservation:
+    // expiry is kept in whole seconds, so it lasts between 2 and 3 s, long
+    // enough for the next line on a loaded machine).
+    let held = store.reserve(&key.id, 40_000, 3).await.unwrap();
     assert!(held.is_ok());
     let refused = store.reserve(&key.id, 40_000, 300).await.unwrap();
     assert!(
@@ -397,7 +399,7 @@ async fn a_crashed_replicas_reservation_expires_and_gives_the_budget_back() {
         ),
         "{refused:?}"
     );
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
     // Expired: the next reservation gives it back first.
     let again = store.reserve(&key.id, 40_000, 300).await.unwrap();
     assert!(again.is_ok(), "{again:?}");
