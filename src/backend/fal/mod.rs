@@ -8,6 +8,7 @@
 //! - [`wire`]: fal's JSON (each endpoint's input, queue answers, model output);
 //! - [`status`] and [`sse`]: watching a job until it is done;
 //! - `job_urls`: where a queued job's status, result and cancel live;
+//! - `headers`: fal's per-request controls, `X-Fal-Tags`, billable units;
 //! - `cancel`: cancelling jobs nobody waits for, retried and counted;
 //! - `download`: fetching images from fal's media hosts only;
 //! - [`fallback`]: which failures move a chain to its next endpoint.
@@ -35,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{ImageBackend, ImageContent, JobContext, JobOutput, Stop};
-use crate::config::{FalMode, FalSettings, QueuePriority, Secret};
+use crate::config::{FalMode, FalSettings, Secret};
 use crate::domain::{BackendKind, Job, OutputFormat, ResponseFormat};
 use crate::error::ApiError;
 use crate::metrics::CancelOutcome;
@@ -44,6 +45,7 @@ mod cancel;
 mod download;
 pub mod errors;
 pub mod fallback;
+mod headers;
 mod job_urls;
 pub mod sse;
 mod status;
@@ -53,6 +55,7 @@ pub mod wire;
 use cancel::cancel_reason;
 use errors::protocol;
 use fallback::{call_error, classify};
+use headers::{billable_units, controls, fal_tags};
 use job_urls::JobUrls;
 use transport::{Answer, CallError, CallPolicy, Operation, Repeat, Upstream};
 use wire::{model_input, parse_output};
@@ -530,67 +533,6 @@ fn origin(url: &str) -> String {
     reqwest::Url::parse(url)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_default()
-}
-
-/// fal's per-request controls (PROTOCOLS.md section B, "Request headers
-/// fal understands"), as the settings ask for them.
-fn controls(settings: &FalSettings) -> Result<HeaderMap, String> {
-    let mut h = HeaderMap::new();
-    if settings.disable_fallback {
-        h.insert(
-            "x-app-fal-disable-fallback",
-            HeaderValue::from_static("true"),
-        );
-    }
-    if !settings.store_io {
-        h.insert("x-fal-store-io", HeaderValue::from_static("0"));
-    }
-    if settings.object_expiration_seconds > 0 {
-        let value = format!(
-            r#"{{"expiration_duration_seconds":{}}}"#,
-            settings.object_expiration_seconds
-        );
-        h.insert(
-            "x-fal-object-lifecycle-preference",
-            HeaderValue::from_str(&value).map_err(|e| e.to_string())?,
-        );
-    }
-    if settings.queue_priority == QueuePriority::Low {
-        h.insert("x-fal-queue-priority", HeaderValue::from_static("low"));
-    }
-    Ok(h)
-}
-
-/// The tag key under which fal's usage and billing reports show the
-/// gateway's key.
-pub const TAG_KEY: &str = "gateway_key";
-
-/// `X-Fal-Tags: gateway_key=<account>` for the job's payer: its key's id,
-/// never the secret, within fal's limits (a value of at most 256
-/// characters; only `[A-Za-z0-9._-]` here, so no `,` or `=` can break the
-/// list). `None` without a key.
-fn fal_tags(ctx: &JobContext) -> Option<HeaderValue> {
-    let account = ctx.account.as_deref()?;
-    let fits = !account.is_empty()
-        && account.len() <= 256
-        && account
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    fits.then(|| HeaderValue::from_str(&format!("{TAG_KEY}={account}")).ok())
-        .flatten()
-}
-
-/// fal's `X-Fal-Billable-Units` (the units the request is billed for), when
-/// it sent a sensible one.
-fn billable_units(headers: &HeaderMap) -> Option<f64> {
-    headers
-        .get("x-fal-billable-units")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|u| u.is_finite() && *u >= 0.0)
 }
 
 /// The JSON body fal receives for `job`.
