@@ -10,22 +10,31 @@
 //! revoked elsewhere can never start a paid job, even in the instant before
 //! this replica hears of it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
-
-use moka::future::Cache;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::store::keys::KeyRecord;
 use crate::store::{Store, StoreError};
 
-/// Bound on cached digests (known and unknown).
-const MAX_CACHED: u64 = 100_000;
+/// Bound on cached digests (known and unknown); past it the memory starts
+/// afresh (each digest then costs one database read again).
+const MAX_CACHED: usize = 100_000;
+
+/// What a digest was found to be, and when that stops being trusted.
+struct Cached {
+    key: Option<Arc<KeyRecord>>,
+    until: Instant,
+}
 
 pub struct KeyDirectory {
     store: Store,
-    /// Digest of a presented secret -> its key, or `None` for no key.
-    cache: Cache<[u8; 32], Option<Arc<KeyRecord>>>,
+    /// Digest of a presented secret -> its key, or `None` for no key. A
+    /// plain map under a read lock: a hit is one hash lookup, cheaper than
+    /// a cache with its own bookkeeping, and this sits on every request.
+    cache: RwLock<HashMap<[u8; 32], Cached>>,
+    ttl: Duration,
     /// Bumped by every invalidation: a lookup that raced one does not leave
     /// what it read in the cache.
     epoch: AtomicU64,
@@ -37,10 +46,8 @@ impl KeyDirectory {
     pub fn new(store: Store, ttl: Duration, has_keys: bool) -> Arc<Self> {
         Arc::new(Self {
             store,
-            cache: Cache::builder()
-                .max_capacity(MAX_CACHED)
-                .time_to_live(ttl)
-                .build(),
+            cache: RwLock::new(HashMap::new()),
+            ttl,
             epoch: AtomicU64::new(0),
             has_keys: AtomicBool::new(has_keys),
         })
@@ -53,23 +60,41 @@ impl KeyDirectory {
     /// The key a presented secret's SHA-256 belongs to (revoked and expired
     /// ones included: the caller says why it refuses them).
     pub async fn lookup(&self, digest: [u8; 32]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        if let Some(found) = self.cache.get(&digest).await {
-            return Ok(found);
+        let now = Instant::now();
+        if let Some(c) = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&digest)
+            && c.until > now
+        {
+            return Ok(c.key.clone());
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let found = self.store.key_by_digest(digest).await?.map(Arc::new);
-        self.cache.insert(digest, found.clone()).await;
-        if self.epoch.load(Ordering::Acquire) != epoch {
-            // The table changed while it was read: what was read may be stale.
-            self.cache.invalidate(&digest).await;
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        // Only if the table did not change while it was read: what was read
+        // may be stale then. (Checked under the lock that invalidation takes.)
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(
+                digest,
+                Cached {
+                    key: found.clone(),
+                    until: now + self.ttl,
+                },
+            );
         }
         Ok(found)
     }
 
     /// Forget every cached key (the key table changed).
     pub fn invalidate_all(&self) {
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate_all();
+        cache.clear();
     }
 
     /// Whether clients need a key because the database holds keys.
@@ -105,5 +130,59 @@ impl KeyDirectory {
                 Err(e) => tracing::warn!(error = %e, "cannot read the key table"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DatabaseSettings, DatabaseUrl};
+    use crate::store::keys::{KeyPatch, NewKey, secret_digest};
+
+    #[tokio::test]
+    async fn a_key_is_read_once_then_served_from_memory_until_a_change_or_its_ttl() {
+        let store = Store::open(&DatabaseSettings {
+            url: DatabaseUrl::new("sqlite::memory:"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dir = KeyDirectory::new(store.clone(), Duration::from_millis(300), false);
+        let (key, secret) = store
+            .create_key(NewKey {
+                name: "first".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let digest = secret_digest(secret.as_bytes());
+        let name = async || dir.lookup(digest).await.unwrap().unwrap().name.clone();
+        assert_eq!(name().await, "first");
+
+        // Changed behind the directory's back: memory answers, no read...
+        let rename = |to: &str| KeyPatch {
+            name: Some(to.into()),
+            ..Default::default()
+        };
+        store.update_key(&key.id, rename("second")).await.unwrap();
+        assert_eq!(name().await, "first");
+        // ...until the change is heard of,
+        dir.invalidate_all();
+        assert_eq!(name().await, "second");
+        // or the entry outlives its TTL.
+        store.update_key(&key.id, rename("third")).await.unwrap();
+        assert_eq!(name().await, "second");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(name().await, "third");
+
+        // An unknown digest is remembered as unknown.
+        assert!(dir.lookup([7u8; 32]).await.unwrap().is_none());
+        assert!(
+            dir.cache
+                .read()
+                .unwrap()
+                .get(&[7u8; 32])
+                .is_some_and(|c| c.key.is_none())
+        );
     }
 }

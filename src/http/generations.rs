@@ -60,9 +60,11 @@ pub async fn create(
             model: plan.model.id.clone(),
         });
     }
+    // A key without limits of its own is limited like any other.
     let own_limits = db_key
         .as_ref()
-        .map(|DbKey(k)| (k.requests_per_minute, k.images_per_minute));
+        .map(|DbKey(k)| (k.requests_per_minute, k.images_per_minute))
+        .filter(|own| *own != (None, None));
     let limit_headers = if state.limits.is_enabled() || own_limits.is_some() {
         let key = client.map_or_else(|| peer_key(&req), |c| c.0);
         state
