@@ -8,41 +8,42 @@
 //! as its own task on the upstream runtime (so it outlives a disconnected
 //! leader, and shutdown can still cancel upstream jobs after the HTTP
 //! workers stopped): it asks the shared cache and the fleet first when
-//! there is one ([`fleet`]), else generates ([`GenerationService::produce`]),
-//! and stores what it got.
+//! there is one ([`fleet`]), else generates ([`GenerationService::produce`]
+//! tries the model's chain, [`chain`]; each endpoint's jobs run in
+//! `produce`), and stores what it got; what its jobs cost is settled by
+//! `tab`.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine;
-use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{GeneratedImage, ImageBackend, ImageContent, JobContext, JobOutput};
+use crate::backend::ImageBackend;
 use crate::cache::{CacheDirectives, CacheKey, CacheStatus, MemoryCache, RedisCache};
-use crate::domain::{
-    BackendKind, EndpointPlan, Generation, GenerationPlan, Image, Job, MicroUsd, ResponseFormat,
-};
+use crate::domain::{BackendKind, Generation, GenerationPlan};
 use crate::error::ApiError;
 use crate::files::FileStore;
 use crate::memory::{self, MemoryBudget};
 use crate::metrics::Metrics;
-use crate::spend::{self, Payer, Spend};
-use crate::store::budget::{Charge, Reservation};
+use crate::spend::{Payer, Spend};
+use crate::store::budget::Reservation;
 
 pub mod chain;
 mod fleet;
 pub mod flights;
 pub mod limiter;
 mod measure;
+mod produce;
+mod tab;
 
 use chain::GoneEndpoints;
 use flights::{Flight, FlightResult, Flights, Joined, Source, Waiter};
 use limiter::JobLimiter;
+use tab::Tab;
 
 /// Ends a flight's task: a flight that got no answer (its task panicked or
 /// was dropped) answers its waiters with a 500, and leaves the table.
@@ -68,53 +69,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
-}
-
-/// What a flight's upstream jobs cost, written as each job succeeds: fal
-/// bills every successful output, so images made by a request that then
-/// fails (a sibling job failed, a download failed) are paid for too.
-#[derive(Default)]
-pub(crate) struct Tab(std::sync::Mutex<Bill>);
-
-/// The bill on a [`Tab`].
-#[derive(Clone, Debug, Default)]
-struct Bill {
-    cost: MicroUsd,
-    images: u32,
-    /// The upstream's billable units, summed over the jobs that reported them.
-    billable_units: Option<f64>,
-    /// The endpoint whose jobs succeeded (`None`: nothing was made here).
-    endpoint: Option<Arc<str>>,
-}
-
-impl Tab {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Bill> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Add one successful job: its output at its endpoint's price (nothing
-    /// offline).
-    fn add(&self, job: &Job, output: &JobOutput, backend: BackendKind) {
-        let cost = match backend {
-            BackendKind::Fal => spend::delivered_cost(job, output),
-            BackendKind::Local => MicroUsd::ZERO,
-        };
-        let images = output.images.len().min(usize::from(job.num_images)) as u32;
-        let mut bill = self.lock();
-        bill.cost = bill.cost.saturating_add(cost);
-        bill.images += images;
-        if let Some(u) = output.billable_units {
-            bill.billable_units = Some(bill.billable_units.unwrap_or(0.0) + u);
-        }
-        bill.endpoint
-            .get_or_insert_with(|| job.endpoint.full().into());
-    }
-
-    fn bill(&self) -> Bill {
-        self.lock().clone()
-    }
 }
 
 /// A generation ready now, or one to wait for.
@@ -422,246 +376,6 @@ impl GenerationService {
         Ok(generation)
     }
 
-    /// The money side of a finished flight: what its jobs made is settled
-    /// to its real cost (the ledger, the spend metric, the payer's budget),
-    /// also when the request failed after some of its images were made (fal
-    /// bills them); a reservation for nothing made is released.
-    async fn account(
-        &self,
-        plan: &GenerationPlan,
-        payer: &Payer,
-        reservation: Option<Reservation>,
-        flight: &Flight,
-        tab: &Tab,
-        flown: FlightResult,
-    ) -> FlightResult {
-        let bill = tab.bill();
-        match bill.endpoint {
-            Some(endpoint) => {
-                if flown.is_ok() {
-                    flight.set_spent(bill.cost.0);
-                }
-                let charge = Charge {
-                    key_id: payer.account.as_deref().map(str::to_owned),
-                    model: plan.model.id.clone(),
-                    // The endpoint that made the images, which fallback may
-                    // have moved down the chain.
-                    endpoint: endpoint.to_string(),
-                    images: bill.images,
-                    cost_micro_usd: bill.cost.0,
-                    billable_units: bill.billable_units,
-                    request_id: payer.request_id.as_deref().map(str::to_owned),
-                };
-                self.spend.settle(reservation, charge).await;
-            }
-            None => {
-                if let Some(r) = reservation {
-                    self.spend.release(r).await;
-                }
-            }
-        }
-        flown
-    }
-
-    /// Run a plan's jobs on one endpoint, billed to `payer` (each job that
-    /// succeeds goes on `tab`), and deliver the images in the requested
-    /// form, with what they cost.
-    async fn produce_on(
-        &self,
-        plan: &GenerationPlan,
-        on_endpoint: &EndpointPlan,
-        token: &CancellationToken,
-        deadline: Instant,
-        payer: &Payer,
-        tab: &Tab,
-    ) -> Result<Generation, ApiError> {
-        let jobs = &on_endpoint.jobs;
-        let ctx = JobContext {
-            deadline,
-            cancel: token.clone(),
-            timeout_seconds: self.request_timeout.as_secs(),
-            account: payer.account.clone(),
-        };
-        // A plan of more jobs than the whole limit gets every slot and runs
-        // that many of its jobs at a time.
-        let slots = self.limiter.acquire(jobs.len() as u32, &ctx).await?;
-        let parallel = slots.num_permits().max(1);
-        self.metrics.jobs_in_flight.add(parallel as i64);
-        let outputs = self.run_jobs(jobs, parallel, &ctx, tab).await;
-        self.metrics.jobs_in_flight.sub(parallel as i64);
-        drop(slots);
-        let outputs = outputs?;
-
-        let mut images = Vec::with_capacity(usize::from(plan.n));
-        let mut dims = None;
-        let mut format = None;
-        let seed = outputs.iter().find_map(|o| o.seed);
-        let mut cost = MicroUsd::ZERO;
-        for (job, output) in jobs.iter().zip(outputs) {
-            if self.backend.kind() == BackendKind::Fal {
-                cost = cost.saturating_add(spend::delivered_cost(job, &output));
-            }
-            // A backend answering more images than its job asked for gets
-            // the extra ones dropped.
-            for image in output.images.into_iter().take(usize::from(job.num_images)) {
-                if dims.is_none() {
-                    dims = measure::dimensions(&image);
-                }
-                let image_format = image.format.unwrap_or(on_endpoint.output_format);
-                format.get_or_insert(image_format);
-                images.push(self.deliver(image, plan.response_format).await?);
-            }
-        }
-        let (w, h) = dims.unwrap_or(on_endpoint.size);
-        let generation = Generation {
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-            produced_at: std::time::Instant::now(),
-            size: format!("{w}x{h}"),
-            output_format: format.unwrap_or(on_endpoint.output_format),
-            response_format: plan.response_format,
-            images,
-            backend: self.backend.kind(),
-            endpoint: on_endpoint.profile.endpoint.full().into(),
-            seed,
-            cost,
-        };
-        Ok(generation)
-    }
-
-    /// The jobs, `parallel` at a time (in order); the first failure
-    /// cancels the others (which cancel their upstream jobs) and is the
-    /// answer.
-    async fn run_jobs(
-        &self,
-        jobs: &[Job],
-        parallel: usize,
-        ctx: &JobContext,
-        tab: &Tab,
-    ) -> Result<Vec<JobOutput>, ApiError> {
-        let siblings = ctx.cancel.child_token();
-        let job_ctx = JobContext {
-            cancel: siblings.clone(),
-            ..ctx.clone()
-        };
-        let turns = tokio::sync::Semaphore::new(parallel);
-        let results = futures_util::future::join_all(jobs.iter().map(|job| {
-            let job_ctx = &job_ctx;
-            let siblings = &siblings;
-            let turns = &turns;
-            async move {
-                // Never closed, so only a cancellation can keep a job waiting.
-                let _turn = match job_ctx.race(turns.acquire()).await {
-                    Ok(Ok(turn)) => turn,
-                    Ok(Err(_)) => return Err(ApiError::Internal),
-                    Err(stop) => return Err(job_ctx.error(stop)),
-                };
-                let started = Instant::now();
-                let result = self.backend.generate(job, job_ctx).await;
-                self.record_job(job, &result, started.elapsed());
-                match &result {
-                    Ok(output) => tab.add(job, output, self.backend.kind()),
-                    Err(_) => siblings.cancel(),
-                }
-                result
-            }
-        }))
-        .await;
-        let mut outputs = Vec::with_capacity(results.len());
-        let mut first_error: Option<ApiError> = None;
-        for r in results {
-            match r {
-                Ok(o) => outputs.push(o),
-                // Prefer the error that caused the cancellation over the
-                // cancellations it caused.
-                Err(e) => {
-                    if first_error.is_none() || matches!(first_error, Some(ApiError::ShuttingDown))
-                    {
-                        first_error = Some(e);
-                    }
-                }
-            }
-        }
-        match first_error {
-            // Images were made (and paid for): another endpoint must not
-            // make them again.
-            Some(e) if !outputs.is_empty() => Err(e.into_cause()),
-            Some(e) => Err(e),
-            None => Ok(outputs),
-        }
-    }
-
-    fn record_job(&self, job: &Job, result: &Result<JobOutput, ApiError>, total: Duration) {
-        let model = job.model_id.as_ref();
-        let endpoint = job.endpoint.full();
-        let out = match result {
-            Ok(out) => out,
-            Err(e) => return self.metrics.observe_job(model, endpoint, e.outcome_label()),
-        };
-        self.metrics.observe_job(model, endpoint, "success");
-        let phases = [
-            ("total", Some(total)),
-            ("queued", out.queued),
-            ("running", out.running),
-        ];
-        for (phase, took) in phases {
-            if let Some(took) = took {
-                self.metrics
-                    .job_duration
-                    .with_label_values(&[model, phase])
-                    .observe(took.as_secs_f64());
-            }
-        }
-        self.metrics
-            .images_generated
-            .with_label_values(&[model, job.ratio_label(), job.delivered_format.as_str()])
-            .inc_by(out.images.len() as u64);
-    }
-
-    /// One image in the form the client asked for: base64 text, a remote
-    /// link, or a file this gateway serves.
-    async fn deliver(
-        &self,
-        image: GeneratedImage,
-        response_format: ResponseFormat,
-    ) -> Result<Image, ApiError> {
-        let b64 = &base64::engine::general_purpose::STANDARD;
-        match (response_format, image.content) {
-            (ResponseFormat::B64Json, ImageContent::Base64(text)) => Ok(Image::Base64(text)),
-            (ResponseFormat::B64Json, ImageContent::Raw(raw)) => {
-                Ok(Image::Base64(Bytes::from(b64.encode(raw))))
-            }
-            (ResponseFormat::B64Json, ImageContent::Url(_)) => Err(ApiError::Upstream {
-                message:
-                    "The image backend answered with a link where the image itself was required."
-                        .into(),
-            }),
-            (ResponseFormat::Url, ImageContent::Url(url)) => Ok(Image::Url(url.into())),
-            (ResponseFormat::Url, ImageContent::Raw(raw)) => self.keep_file(raw).await,
-            (ResponseFormat::Url, ImageContent::Base64(text)) => {
-                let raw = b64.decode(&text).map_err(|_| ApiError::Upstream {
-                    message: "The image backend answered with a data URI that is not base64."
-                        .into(),
-                })?;
-                self.keep_file(Bytes::from(raw)).await
-            }
-        }
-    }
-
-    /// An image kept for `GET /v1/images/files/...`: only bytes that are an
-    /// image file (served as the type they are, never as claimed).
-    async fn keep_file(&self, raw: Bytes) -> Result<Image, ApiError> {
-        match self.files.put(raw).await {
-            Some(name) => Ok(Image::File(name)),
-            None => Err(ApiError::Upstream {
-                message:
-                    "The image backend answered with bytes that are not a PNG, JPEG or WebP image."
-                        .into(),
-            }),
-        }
-    }
-
     /// The image files behind `url` answers the gateway serves itself.
     pub fn files(&self) -> &FileStore {
         &self.files
@@ -751,6 +465,8 @@ impl GenerationService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{JobContext, JobOutput};
+    use crate::domain::Job;
     use crate::openai::validate::plan_json;
 
     /// A backend whose every job panics.
