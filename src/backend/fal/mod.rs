@@ -46,6 +46,7 @@ mod download;
 pub mod errors;
 pub mod fallback;
 mod headers;
+mod inline;
 mod job_urls;
 pub mod sse;
 mod status;
