@@ -58,12 +58,12 @@ pub struct Charge {
     pub request_id: Option<String>,
 }
 
-fn as_i64(v: u64) -> i64 {
+pub(super) fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// `reserved_micro_usd - $n`, never below zero, in both dialects.
-fn minus_sql(n: &str) -> String {
+pub(super) fn minus_sql(n: &str) -> String {
     format!("CASE WHEN reserved_micro_usd > {n} THEN reserved_micro_usd - {n} ELSE 0 END")
 }
 
@@ -175,79 +175,29 @@ impl Store {
     }
 
     /// Settle a request: drop its reservation (if it had one), add the real
-    /// cost to its key's spend and write the ledger row, atomically.
+    /// cost to its key's spend and write the ledger row, atomically; written
+    /// together with the settlements queued beside it (see `settle`).
     pub async fn settle(
         &self,
         reservation: Option<&Reservation>,
         charge: Charge,
     ) -> Result<(), StoreError> {
-        let pool = self.pool.clone();
-        let reservation = reservation.cloned();
-        self.run(async move {
-            let at = now();
-            let starts = PeriodStarts::at(at);
-            let day = time::OffsetDateTime::from_unix_timestamp(at)
-                .map(|t| t.date().to_string())
-                .unwrap_or_default();
-            let current = current_period_sql("$4", "$5");
-            let spend = format!(
-                "UPDATE api_keys SET spent_micro_usd = \
-                 (CASE WHEN period_start = {current} THEN spent_micro_usd ELSE 0 END) + $2, \
-                 period_start = {current}, reserved_micro_usd = {} WHERE id = $1",
-                minus_sql("$3")
-            );
-            on_pool!(&pool, |p, d| {
-                let mut tx = p.begin().await?;
-                let held = match &reservation {
-                    Some(r) => sqlx::query(&d.sql(
-                        "DELETE FROM budget_reservations WHERE id = $1 RETURNING amount_micro_usd",
-                    ))
-                    .bind(&r.id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| row.int("amount_micro_usd"))
-                    .transpose()?
-                    .unwrap_or(0),
-                    None => 0,
-                };
-                // A configured key or an anonymous caller has no row; only
-                // a database key's spend is counted on its row.
-                let key_row = reservation.as_ref().map(|r| r.key_id.clone()).or_else(|| {
-                    charge
-                        .key_id
-                        .clone()
-                        .filter(|k| k.starts_with("key_"))
-                });
-                if let Some(key_id) = key_row {
-                    sqlx::query(&d.sql(&spend))
-                        .bind(&key_id)
-                        .bind(as_i64(charge.cost_micro_usd))
-                        .bind(held)
-                        .bind(starts.day)
-                        .bind(starts.month)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                sqlx::query(&d.sql(
-                    "INSERT INTO spend_ledger (created_at, day, key_id, model, endpoint, images, \
-                     cost_micro_usd, billable_units, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                ))
-                .bind(at)
-                .bind(&day)
-                .bind(&charge.key_id)
-                .bind(&charge.model)
-                .bind(&charge.endpoint)
-                .bind(i64::from(charge.images))
-                .bind(as_i64(charge.cost_micro_usd))
-                .bind(charge.billable_units.map(|u| u.to_string()))
-                .bind(&charge.request_id)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-            });
-            Ok(())
+        let (done, written) = tokio::sync::oneshot::channel();
+        let pending = super::settle::Pending {
+            reservation: reservation.cloned(),
+            charge,
+            done,
+        };
+        if self.settlements.send(pending).is_err() {
+            return Err(StoreError::Unavailable(
+                "the ledger writer has stopped".into(),
+            ));
+        }
+        written.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the ledger writer has stopped".into(),
+            ))
         })
-        .await
     }
 
     /// Give a reservation back: nothing was spent.

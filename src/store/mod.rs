@@ -38,6 +38,7 @@ pub mod budget;
 pub mod changes;
 pub mod keys;
 pub mod ledger;
+mod settle;
 
 /// File name of the embedded database inside `database.data_dir`.
 pub const SQLITE_FILE: &str = "image-gateway.db";
@@ -210,6 +211,8 @@ impl<'s> MigrationSource<'s> for Embedded {
 pub struct Store {
     pub(crate) pool: Pool,
     runtime: tokio::runtime::Handle,
+    /// Settlements queue here for the ledger writer ([`settle`]).
+    settlements: tokio::sync::mpsc::UnboundedSender<settle::Pending>,
     /// Where it is, for logs: a file path, or the URL without credentials.
     location: String,
 }
@@ -299,6 +302,7 @@ impl Store {
             (Pool::Sqlite(pool), location)
         };
         let store = Store {
+            settlements: settle::start(pool.clone(), &runtime),
             pool,
             runtime,
             location,
