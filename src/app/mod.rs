@@ -79,13 +79,45 @@ pub struct Application {
     _runtime: UpstreamRuntime,
 }
 
-fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+/// A listening socket on `addr` (the first of its addresses that binds)
+/// with a queue of `backlog` connection attempts, as `TcpListener::bind`
+/// makes it but for the backlog (the standard library's is 128).
+fn bind(what: &'static str, addr: &str, backlog: u32) -> Result<TcpListener, StartupError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+
+    let listen = |addr: std::net::SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        Ok(socket.into())
+    };
+    let mut last = None;
+    let resolved = addr
+        .to_socket_addrs()
+        .map_err(|source| StartupError::Bind {
+            what,
+            addr: addr.to_owned(),
+            source,
+        })?;
+    for candidate in resolved {
+        match listen(candidate) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(StartupError::Bind {
         what,
         addr: addr.to_owned(),
-        source,
+        source: last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+        }),
     })
 }
+
+/// Backlog of the admin listener (metrics and probes).
+const ADMIN_BACKLOG: u32 = 1024;
 
 impl Application {
     /// Build everything and bind the listeners (port 0 picks a free port).
@@ -119,7 +151,12 @@ impl Application {
         let state = wiring::state(&settings, service.clone(), keys, metrics)?;
         log_start(&settings, kind, &state);
 
-        let listener = bind("server.listen", &settings.server.listen)?;
+        raise_open_file_limit(&settings);
+        let listener = bind(
+            "server.listen",
+            &settings.server.listen,
+            settings.server.listen_backlog,
+        )?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "listening on {addr}");
@@ -175,10 +212,30 @@ impl Application {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit (as Go's runtime
+/// does): every client connection and every running job's upstream
+/// connection is a file, and distributions often start services with a
+/// soft limit of 1024. Warn when even the hard limit is short of what the
+/// settings allow at once.
+fn raise_open_file_limit(settings: &Settings) {
+    let needed =
+        settings.server.max_connections as u64 + settings.limits.max_concurrent_jobs as u64 + 256;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below server.max_connections + limits.max_concurrent_jobs: \
+             connections past it fail; raise it (ulimit -n, LimitNOFILE=) or lower those settings"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
+
 /// The admin listener's socket, when `/metrics` has an address of its own.
 fn admin_listener(settings: &Settings) -> Result<Option<TcpListener>, StartupError> {
     if settings.metrics.enabled && !settings.metrics.listen.is_empty() {
-        bind("metrics.listen", &settings.metrics.listen).map(Some)
+        bind("metrics.listen", &settings.metrics.listen, ADMIN_BACKLOG).map(Some)
     } else {
         Ok(None)
     }

@@ -110,13 +110,16 @@ fn backend(
 ) -> Result<Arc<dyn ImageBackend>, StartupError> {
     match (settings.backend_kind(), &settings.fal.key) {
         (BackendKind::Fal, Some(key)) => {
-            let fal = &settings.fal;
+            let mut fal = settings.fal.clone();
+            if fal.pool_max_idle_per_host == 0 {
+                fal.pool_max_idle_per_host = settings.limits.max_concurrent_jobs;
+            }
             let upstream =
-                Arc::new(Upstream::new(fal, metrics.clone()).map_err(|e| {
+                Arc::new(Upstream::new(&fal, metrics.clone()).map_err(|e| {
                     StartupError::Setup(format!("cannot build the HTTP client: {e}"))
                 })?);
             let backend =
-                FalBackend::new(fal, key, upstream, tasks.clone()).map_err(StartupError::Setup)?;
+                FalBackend::new(&fal, key, upstream, tasks.clone()).map_err(StartupError::Setup)?;
             Ok(Arc::new(backend))
         }
         (BackendKind::Fal, None) => Err(StartupError::Setup("backend `fal` needs FAL_KEY".into())),

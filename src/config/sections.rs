@@ -43,6 +43,10 @@ pub struct ServerSettings {
     /// Client connections open at once; past this, new connections wait in
     /// the listen backlog until one closes.
     pub max_connections: usize,
+    /// Connection attempts the kernel queues for the API listener before
+    /// they are accepted (the standard library's 128 drops bursts; Linux
+    /// caps it at `net.core.somaxconn`, 4096 on recent kernels).
+    pub listen_backlog: u32,
     /// Time a write to a client may stall (the client stopped reading its
     /// answer) before the connection is closed and the answer let go.
     pub client_write_timeout_seconds: u64,
@@ -63,7 +67,8 @@ impl Default for ServerSettings {
             keep_alive_seconds: 75,
             shutdown_grace_seconds: 30,
             stream_keepalive_seconds: 10,
-            max_connections: 4_096,
+            max_connections: 16_384,
+            listen_backlog: 4_096,
             client_write_timeout_seconds: 30,
         }
     }
@@ -185,7 +190,9 @@ pub struct FalSettings {
     pub call_timeout_seconds: u64,
     /// Largest upstream answer read (results carrying base64 images included).
     pub max_response_bytes: usize,
-    /// Idle pooled connections kept per upstream host.
+    /// Idle pooled connections kept per upstream host; 0: as many as
+    /// `limits.max_concurrent_jobs` (a running job holds one connection
+    /// while it watches its status, so every one can be reused).
     pub pool_max_idle_per_host: usize,
     /// Hosts whose image links the gateway downloads when a client needs
     /// the image inline and fal sent a link instead. Each entry matches
@@ -223,7 +230,7 @@ impl Default for FalSettings {
             connect_timeout_ms: 5_000,
             call_timeout_seconds: 60,
             max_response_bytes: 64 * 1024 * 1024,
-            pool_max_idle_per_host: 256,
+            pool_max_idle_per_host: 0,
             download_hosts: vec!["fal.media".into()],
             download_private_networks: false,
         }
@@ -429,8 +436,8 @@ pub struct LimitSettings {
 impl Default for LimitSettings {
     fn default() -> Self {
         Self {
-            max_concurrent_jobs: 1_024,
-            max_queued_jobs: 4_096,
+            max_concurrent_jobs: 4_096,
+            max_queued_jobs: 16_384,
             max_memory_bytes: 256 * 1024 * 1024,
             requests_per_minute: 0,
             images_per_minute: 0,

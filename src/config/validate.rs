@@ -47,6 +47,8 @@ pub(crate) const RANGES: &[Range] = &[
     range("server.stream_keepalive_seconds", 1, HOUR),
     // Each costs memory (buffers) and a file descriptor.
     range("server.max_connections", 1, 1_000_000),
+    // listen(2) takes an int; Linux caps it at net.core.somaxconn anyway.
+    range("server.listen_backlog", 1, 65_535),
     range("server.client_write_timeout_seconds", 1, HOUR),
     range("fal.poll_initial_delay_ms", 0, MINUTE * 1000),
     range("fal.poll_max_delay_ms", 1, 10 * MINUTE * 1000),
