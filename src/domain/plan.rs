@@ -112,13 +112,17 @@ impl Job {
 
     /// The largest legitimate upstream answer for this job: its images
     /// inline as base64 data URIs when it asked for them inline (else their
-    /// links), plus their JSON and the prompt echoed back (escaped).
+    /// links), plus their JSON, the prompt echoed back (escaped) and 16 KiB
+    /// of other fields (seed, timings, a model's description: the answers in
+    /// fal's model schemas carry a few hundred bytes besides the images). It is also what a job's answer holds in the
+    /// memory budget while it runs, so a `url` job counts about 24 KiB and
+    /// the default budget admits some 10,000 of them at once.
     pub fn max_answer_bytes(&self) -> u64 {
         let each = match self.delivery {
             ResponseFormat::B64Json => base64_len(self.max_image_bytes()) + 1024,
             ResponseFormat::Url => MAX_LINK_BYTES,
         };
-        u64::from(self.num_images) * each + self.prompt.len() as u64 * 6 + 64 * 1024
+        u64::from(self.num_images) * each + self.prompt.len() as u64 * 6 + 16 * 1024
     }
 
     /// The most memory this job's images take once delivered in `format`.
