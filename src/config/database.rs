@@ -1,83 +1,8 @@
-//! The `[database]` section: where keys and the spend ledger live, and the
-//! URL type that never prints its password.
+//! The `[database]` section: where keys and the spend ledger live.
 
-use std::fmt;
+use serde::{Deserialize, Serialize};
 
-use serde::{Deserialize, Serialize, Serializer};
-
-/// A database URL whose credentials never appear in `Debug`, `Display` or
-/// `Serialize` output: `postgres://[redacted]@db:5432/gateway`. A password
-/// given as a query parameter hides the whole query.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The URL with its credentials, for connecting only.
-    pub fn expose(&self) -> &str {
-        self.0.trim()
-    }
-
-    pub fn is_set(&self) -> bool {
-        !self.expose().is_empty()
-    }
-
-    /// Whether it names a PostgreSQL server (`postgres://`, `postgresql://`).
-    pub fn is_postgres(&self) -> bool {
-        let url = self.expose();
-        url.starts_with("postgres://") || url.starts_with("postgresql://")
-    }
-
-    /// The URL with any userinfo (and a query carrying a password) replaced
-    /// by `[redacted]`.
-    pub fn redacted(&self) -> String {
-        let url = self.expose();
-        let Some((scheme, rest)) = url.split_once("://") else {
-            // `sqlite:relative/path.db` and the like carry no credentials;
-            // anything else that is not a URL is shown as nothing.
-            return if url.is_empty() || (url.starts_with("sqlite:") && !url.contains('@')) {
-                url.to_owned()
-            } else {
-                "[redacted]".into()
-            };
-        };
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let authority = match authority.rfind('@') {
-            Some(at) => format!("[redacted]{}", &authority[at..]),
-            None => authority.to_owned(),
-        };
-        let tail = match tail.split_once('?') {
-            Some((path, query)) if query.contains("password") || query.contains("user") => {
-                format!("{path}?[redacted]")
-            }
-            _ => tail.to_owned(),
-        };
-        format!("{scheme}://{authority}{tail}")
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl Serialize for DatabaseUrl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
-    }
-}
+pub use super::secret::DatabaseUrl;
 
 /// Keys, budgets and the spend ledger.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -129,17 +54,22 @@ mod tests {
             ),
             (
                 "postgresql://gw@db/gw?password=pw&sslmode=require",
-                "postgresql://[redacted]@db/gw?[redacted]",
+                "postgresql://[redacted]@db/gw?password=[redacted]&sslmode=require",
             ),
             (
                 "postgres://db/gw?password=pw",
-                "postgres://db/gw?[redacted]",
+                "postgres://db/gw?password=[redacted]",
             ),
+            // An unencoded `/` in the password: the userinfo ends at the
+            // last `@`, not at the first `/`.
+            ("postgres://gw:pa/ss@db/gw", "postgres://[redacted]@db/gw"),
+            ("postgres://gw:pa?ss@db/gw", "postgres://[redacted]@db/gw"),
             (
                 "sqlite:///var/lib/gw/ledger.db",
                 "sqlite:///var/lib/gw/ledger.db",
             ),
             ("sqlite:ledger.db", "sqlite:ledger.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
             ("host=db password=pw", "[redacted]"),
         ] {
             let u = DatabaseUrl::new(url);

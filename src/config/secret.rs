@@ -37,18 +37,24 @@ impl Serialize for Secret {
     }
 }
 
-/// A Redis URL whose credentials never appear in `Debug`, `Display` or
-/// `Serialize` output. Every place the gateway prints the URL (the start-up
-/// log, `--check-config`, the "Redis is unreachable" warning, start-up
-/// errors) goes through [`RedisUrl::redacted`].
+/// A URL with credentials (Redis, the database) that never appear in
+/// `Debug`, `Display` or `Serialize` output. Every place the gateway prints
+/// such a URL (the start-up log, `--check-config`, the "Redis is
+/// unreachable" warning, start-up and database errors) goes through
+/// [`SecretUrl::redacted`].
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
-pub struct RedisUrl(String);
+pub struct SecretUrl(String);
+
+/// `cache.redis_url`.
+pub type RedisUrl = SecretUrl;
+/// `database.url`.
+pub type DatabaseUrl = SecretUrl;
 
 /// Query parameters that carry nothing secret and help to read the URL.
-const PLAIN_QUERY_KEYS: [&str; 2] = ["db", "protocol"];
+const PLAIN_QUERY_KEYS: [&str; 3] = ["db", "protocol", "sslmode"];
 
-impl RedisUrl {
+impl SecretUrl {
     pub fn new(url: impl Into<String>) -> Self {
         Self(url.into())
     }
@@ -59,23 +65,31 @@ impl RedisUrl {
     pub fn is_set(&self) -> bool {
         !self.expose().is_empty()
     }
+    /// Whether it names a PostgreSQL server (`postgres://`, `postgresql://`).
+    pub fn is_postgres(&self) -> bool {
+        let url = self.expose();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
     /// The URL with every place a credential can hide replaced by
-    /// `[redacted]`, for every form the redis crate reads and for malformed
-    /// ones alike:
+    /// `[redacted]`, for every form the redis crate and sqlx read and for
+    /// malformed ones alike:
     /// - the userinfo of `redis://user:pass@host` (TCP URLs), found at the
     ///   *last* `@`, so a password with an unencoded `/`, `?`, `#` or `@`
     ///   is covered whole;
-    /// - every query value but `db` and `protocol` (`unix:///path?pass=...`
-    ///   and `&user=...` for sockets, `?password=...` by habit);
+    /// - every query value but `db`, `protocol` and `sslmode`
+    ///   (`unix:///path?pass=...` and `&user=...` for Redis sockets,
+    ///   `?password=...` for PostgreSQL);
     /// - a fragment other than `#insecure` (a password cut at an unencoded `#`).
     ///
-    /// Scheme, host, port, database and socket path stay readable.
+    /// Scheme, host, port, database and socket or file path stay readable.
     pub fn redacted(&self) -> String {
         let url = self.expose();
         let Some((scheme, rest)) = url.split_once("://") else {
-            // Not a URL we can take apart: print nothing of it.
-            return if url.is_empty() {
-                String::new()
+            // `sqlite:relative/path.db` and `sqlite::memory:` carry no
+            // credentials; anything else that is not a URL we can take
+            // apart is shown as nothing.
+            return if url.is_empty() || (url.starts_with("sqlite:") && !url.contains('@')) {
+                url.to_owned()
             } else {
                 "[redacted]".into()
             };
@@ -126,19 +140,19 @@ impl RedisUrl {
     }
 }
 
-impl fmt::Debug for RedisUrl {
+impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.redacted())
     }
 }
 
-impl fmt::Display for RedisUrl {
+impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
 }
 
-impl Serialize for RedisUrl {
+impl Serialize for SecretUrl {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.redacted())
     }

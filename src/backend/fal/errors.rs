@@ -266,25 +266,8 @@ fn openai_param(fal_field: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::transport::answer;
     use super::*;
-    use bytes::Bytes;
-    use reqwest::StatusCode;
-    use reqwest::header::{self, HeaderMap, HeaderValue};
-
-    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(
-                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        Answer {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: h,
-            body: Bytes::from(body.to_owned()),
-        }
-    }
 
     #[test]
     fn failures_classify_into_openai_errors() {

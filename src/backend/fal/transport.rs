@@ -478,25 +478,27 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }
 
+/// An answer as a test writes it: status, headers, body.
+#[cfg(test)]
+pub(crate) fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    Answer {
+        status: StatusCode::from_u16(status).unwrap(),
+        headers: h,
+        body: Bytes::from(body.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{self, HeaderValue};
-
-    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(
-                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        Answer {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: h,
-            body: Bytes::from(body.to_owned()),
-        }
-    }
 
     #[test]
     fn retries_follow_fal_clients_rules() {
