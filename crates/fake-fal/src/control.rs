@@ -199,6 +199,7 @@ async fn add_faults(state: web::Data<State>, faults: web::Json<Vec<Fault>>) -> H
 /// `POST /_fake/config` with a [`FakeConfig`] (absent fields: defaults).
 async fn set_config(state: web::Data<State>, config: web::Json<FakeConfig>) -> HttpResponse {
     *lock(&state.config) = config.into_inner();
+    state.changed();
     HttpResponse::NoContent().finish()
 }
 

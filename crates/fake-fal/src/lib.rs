@@ -58,6 +58,9 @@ use state::{State, lock};
 /// limit only keeps a hostile test from exhausting memory).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// Connections waiting to be accepted.
+const LISTEN_BACKLOG: u32 = 8192;
+
 /// A running fake fal server. Clones share it (several gateways can stand
 /// in front of one fake).
 #[derive(Clone)]
@@ -73,9 +76,6 @@ impl FakeFal {
     pub fn start(addr: &str, config: FakeConfig, workers: usize) -> std::io::Result<Self> {
         let state = Arc::new(State::default());
         *lock(&state.config) = config;
-        let listener = std::net::TcpListener::bind(addr)?;
-        let port = listener.local_addr()?.port();
-        state.port.store(port, Ordering::Relaxed);
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -87,8 +87,19 @@ impl FakeFal {
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(0)
-        .listen(listener)?
-        .run();
+        // A gateway under a burst opens thousands of connections at once
+        // (the benchmark's 4096 concurrent jobs); the standard library's
+        // backlog of 128 would drop most (the kernel caps it at
+        // net.core.somaxconn).
+        .backlog(LISTEN_BACKLOG)
+        .bind(addr)?;
+        let port = server
+            .addrs()
+            .first()
+            .map(|a| a.port())
+            .ok_or_else(|| std::io::Error::other("fake-fal: bound no address"))?;
+        state.port.store(port, Ordering::Relaxed);
+        let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
         Ok(Self {
@@ -134,6 +145,7 @@ impl FakeFal {
     /// Replace the behaviour knobs (as `POST /_fake/config` does).
     pub fn configure(&self, config: FakeConfig) {
         *lock(&self.state.config) = config;
+        self.state.changed();
     }
 
     /// Make `endpoint` (`owner/alias[/path]`) behave as `mode` (gone,

@@ -266,6 +266,7 @@ fn status_fault(state: &State, id: &str, fault: Option<FaultAction>) -> Option<V
             if let Some(job) = lock(&state.jobs).get_mut(id) {
                 job.failed = Some(failure);
             }
+            state.changed();
             serde_json::to_value(status_answer(state, id, QueueStatus::Completed)).ok()
         }
         _ => None,
@@ -337,19 +338,35 @@ async fn status_stream(state: web::Data<State>, req: HttpRequest) -> HttpRespons
             }
             let quiet_since = std::time::Instant::now();
             loop {
-                let (status, finished) = state.job_status(&id)?;
-                if Some(status) != last {
-                    let chunk = event(&status_answer(&state, &id, status));
-                    return Some((
-                        Ok::<_, Infallible>(chunk),
-                        (state, id, Some(status), finished),
-                    ));
+                let emit = {
+                    // Registered before the status is read, so a change
+                    // made after the read still wakes this stream.
+                    let mut changed = std::pin::pin!(state.changed.notified());
+                    changed.as_mut().enable();
+                    let (status, finished, next) = state.job_status_next(&id)?;
+                    let quiet = quiet_since.elapsed();
+                    if Some(status) != last {
+                        let chunk = event(&status_answer(&state, &id, status));
+                        Some((chunk, Some(status), finished))
+                    } else if quiet >= keepalive {
+                        Some((Bytes::from_static(b": keep-alive\n\n"), last, false))
+                    } else {
+                        // Sleep until the clock changes the status, the next
+                        // keep-alive or a change by a call (cancel, fault,
+                        // reset, config): no polling keeps thousands of
+                        // streams cheap.
+                        let mut wait = keepalive - quiet;
+                        if let Some(next) = next {
+                            wait = wait.min(next.max(Duration::from_millis(1)));
+                        }
+                        let sleep = std::pin::pin!(tokio::time::sleep(wait));
+                        futures_util::future::select(changed, sleep).await;
+                        None
+                    }
+                };
+                if let Some((chunk, last, finished)) = emit {
+                    return Some((Ok::<_, Infallible>(chunk), (state, id, last, finished)));
                 }
-                if quiet_since.elapsed() >= keepalive {
-                    let comment = Bytes::from_static(b": keep-alive\n\n");
-                    return Some((Ok(comment), (state, id, last, false)));
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         },
     );
@@ -636,6 +653,7 @@ async fn cancel(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
             if let Some(job) = lock(&state.jobs).get_mut(id.as_str()) {
                 job.cancelled = true;
             }
+            state.changed();
             (StatusCode::ACCEPTED, CANCELLATION_REQUESTED)
         }
     };

@@ -76,6 +76,10 @@ pub(crate) struct State {
     pub answers: Mutex<HashMap<AnswerKey, Bytes>>,
     /// Per-endpoint behaviour (`crate::endpoints`).
     pub endpoints: Mutex<HashMap<String, EndpointMode>>,
+    /// Woken when a job's status may change other than by the clock (a
+    /// cancel, a failure, a reset, a new config): status streams sleep until
+    /// the next scheduled change or this, instead of polling.
+    pub changed: tokio::sync::Notify,
 }
 
 impl State {
@@ -138,6 +142,16 @@ impl State {
     /// done. A job whose start timeout passes while it is queued fails with
     /// fal's 504 `X-Fal-Request-Timeout-Type: user`.
     pub(crate) fn job_status(&self, id: &str) -> Option<(QueueStatus, bool)> {
+        self.job_status_next(id)
+            .map(|(status, done, _)| (status, done))
+    }
+
+    /// [`Self::job_status`], and how long until the clock alone changes it
+    /// (`None`: finished).
+    pub(crate) fn job_status_next(
+        &self,
+        id: &str,
+    ) -> Option<(QueueStatus, bool, Option<Duration>)> {
         let (queue_ms, run_ms) = {
             let cfg = lock(&self.config);
             (cfg.queue_ms, cfg.run_ms)
@@ -163,15 +177,25 @@ impl State {
                 result_body: r#"{"detail":"Request timed out before processing started","error_type":"request_timeout"}"#.into(),
             });
         }
+        let until =
+            |ms: u64| Some(Duration::from_millis(ms).saturating_sub(job.submitted.elapsed()));
         Some(
             if job.cancelled || job.failed.is_some() || elapsed >= queue_ms + run_ms {
-                (QueueStatus::Completed, true)
+                (QueueStatus::Completed, true, None)
             } else if elapsed >= queue_ms {
-                (QueueStatus::InProgress, false)
+                (QueueStatus::InProgress, false, until(queue_ms + run_ms))
             } else {
-                (QueueStatus::InQueue, false)
+                let timeout = job.start_timeout.map_or(u64::MAX, |t| {
+                    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+                });
+                (QueueStatus::InQueue, false, until(queue_ms.min(timeout)))
             },
         )
+    }
+
+    /// Wake the status streams: a job's status may have changed.
+    pub(crate) fn changed(&self) {
+        self.changed.notify_waiters();
     }
 
     /// Forget faults, calls, jobs and counts.
@@ -183,5 +207,6 @@ impl State {
         for count in &self.counts {
             count.store(0, Ordering::SeqCst);
         }
+        self.changed();
     }
 }

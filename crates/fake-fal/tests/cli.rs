@@ -95,3 +95,68 @@ fn queue_timing_flags_shape_the_status_answers() {
     let calls = fake.http("GET", "/_fake/calls", "").1;
     assert_eq!(calls[0]["body"]["prompt"], "a lighthouse");
 }
+
+/// Reads a status stream into `seen` until `want` appears in it (or the
+/// stream ends; silence for 30 s fails).
+fn read_stream_until(stream: &mut TcpStream, seen: &mut String, want: &str) {
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) => panic!("status stream: {e} before {want:?}; read so far: {seen:?}"),
+        }
+    }
+}
+
+fn open_stream(fake: &Fake, id: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", fake.1)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /fal-ai/imagen4/requests/{id}/status/stream HTTP/1.1\r\nhost: fake\r\n\
+         connection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+}
+
+#[test]
+fn status_streams_follow_the_clock_and_see_a_cancel_at_once() {
+    // Each status as the clock reaches it, in order, then the end.
+    let fake = Fake::start(&["--queue-ms", "200", "--run-ms", "200", "--small-images"]);
+    let id = fake
+        .http("POST", "/fal-ai/imagen4/preview/fast", r#"{"prompt":"a"}"#)
+        .1["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut stream = open_stream(&fake, &id);
+    let mut seen = String::new();
+    stream.read_to_string(&mut seen).unwrap();
+    let at = |s: &str| seen.find(s).unwrap_or_else(|| panic!("no {s} in {seen:?}"));
+    assert!(at("IN_QUEUE") < at("IN_PROGRESS") && at("IN_PROGRESS") < at("COMPLETED"));
+    drop(fake);
+
+    // A job that would run for ten minutes: its stream reports the cancel
+    // when it happens, not when the job would have ended.
+    let fake = Fake::start(&["--run-ms", "600000", "--small-images"]);
+    let id = fake
+        .http("POST", "/fal-ai/imagen4/preview/fast", r#"{"prompt":"b"}"#)
+        .1["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut stream = open_stream(&fake, &id);
+    let mut seen = String::new();
+    read_stream_until(&mut stream, &mut seen, "IN_PROGRESS");
+    let (status, body) = fake.http("PUT", &format!("/fal-ai/imagen4/requests/{id}/cancel"), "");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("CANCELLATION_REQUESTED"))
+    );
+    read_stream_until(&mut stream, &mut seen, "client_cancelled");
+    assert!(seen.contains("COMPLETED"), "{seen}");
+}
