@@ -56,6 +56,14 @@ async fn new_work_past_the_memory_budget_is_shed_with_a_429_not_grown() {
         r > 8.0 * MIB as f64
     })
     .await;
+    // Its room is taken before its submit reaches fal: wait for the submit,
+    // so the count below tells whether the shed request submitted too.
+    for _ in 0..200 {
+        if app.fal.count(Op::Submit) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let res = app
         .post_generation(json!({"prompt": "another", "response_format": "b64_json"}))
