@@ -109,6 +109,15 @@ fn read_stream_until(stream: &mut TcpStream, seen: &mut String, want: &str) {
     }
 }
 
+/// Submit a job with `prompt`; its request id.
+fn submit(fake: &Fake, prompt: &str) -> String {
+    let body = serde_json::json!({ "prompt": prompt }).to_string();
+    fake.http("POST", "/fal-ai/imagen4/preview/fast", &body).1["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn open_stream(fake: &Fake, id: &str) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", fake.1)).unwrap();
     stream
@@ -127,12 +136,7 @@ fn open_stream(fake: &Fake, id: &str) -> TcpStream {
 fn status_streams_follow_the_clock_and_see_a_cancel_at_once() {
     // Each status as the clock reaches it, in order, then the end.
     let fake = Fake::start(&["--queue-ms", "200", "--run-ms", "200", "--small-images"]);
-    let id = fake
-        .http("POST", "/fal-ai/imagen4/preview/fast", r#"{"prompt":"a"}"#)
-        .1["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = submit(&fake, "a");
     let mut stream = open_stream(&fake, &id);
     let mut seen = String::new();
     stream.read_to_string(&mut seen).unwrap();
@@ -143,12 +147,7 @@ fn status_streams_follow_the_clock_and_see_a_cancel_at_once() {
     // A job that would run for ten minutes: its stream reports the cancel
     // when it happens, not when the job would have ended.
     let fake = Fake::start(&["--run-ms", "600000", "--small-images"]);
-    let id = fake
-        .http("POST", "/fal-ai/imagen4/preview/fast", r#"{"prompt":"b"}"#)
-        .1["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = submit(&fake, "b");
     let mut stream = open_stream(&fake, &id);
     let mut seen = String::new();
     read_stream_until(&mut stream, &mut seen, "IN_PROGRESS");

@@ -68,25 +68,10 @@ pub fn call_error(op: Operation, e: CallError, ctx: &JobContext) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use reqwest::StatusCode;
-    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-
     use super::*;
 
     fn answer(status: u16, headers: &[(&str, &str)]) -> Answer {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        Answer {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: h,
-            body: Bytes::from_static(br#"{"detail":"x"}"#),
-        }
+        super::super::transport::answer(status, headers, r#"{"detail":"x"}"#)
     }
 
     #[test]
