@@ -107,6 +107,7 @@ fn backend(
     settings: &Settings,
     metrics: &Arc<Metrics>,
     tasks: &TaskTracker,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<Arc<dyn ImageBackend>, StartupError> {
     match (settings.backend_kind(), &settings.fal.key) {
         (BackendKind::Fal, Some(key)) => {
@@ -118,8 +119,8 @@ fn backend(
                 Arc::new(Upstream::new(&fal, metrics.clone()).map_err(|e| {
                     StartupError::Setup(format!("cannot build the HTTP client: {e}"))
                 })?);
-            let backend =
-                FalBackend::new(&fal, key, upstream, tasks.clone()).map_err(StartupError::Setup)?;
+            let backend = FalBackend::new(&fal, key, upstream, tasks.clone(), runtime.clone())
+                .map_err(StartupError::Setup)?;
             Ok(Arc::new(backend))
         }
         (BackendKind::Fal, None) => Err(StartupError::Setup("backend `fal` needs FAL_KEY".into())),
@@ -170,7 +171,7 @@ pub fn service(
     tasks: TaskTracker,
 ) -> Result<Arc<GenerationService>, StartupError> {
     let memory = MemoryBudget::new(settings.limits.max_memory_bytes, metrics.clone());
-    let backend = backend(settings, metrics, &tasks)?;
+    let backend = backend(settings, metrics, &tasks, &runtime)?;
     let (cache, shared_cache) = caches(settings, metrics, &runtime)?;
     let service = GenerationService::new(ServiceParts {
         backend,

@@ -5,9 +5,11 @@
 //!
 //! The path of one request: [`GenerationService::begin`] answers from the
 //! memory cache, or joins an identical flight, or starts one. A flight runs
-//! as its own task on the upstream runtime (so it outlives a disconnected
-//! leader, and shutdown can still cancel upstream jobs after the HTTP
-//! workers stopped): it asks the shared cache and the fleet first when
+//! as its own task on the runtime of the HTTP worker that took its leader's
+//! request (so it outlives a disconnected leader, and its upstream calls,
+//! made with that thread's own client, never hop threads); background work
+//! (cancelling upstream jobs, settling spend) runs on the upstream runtime,
+//! which outlives the workers. A flight asks the shared cache and the fleet first when
 //! there is one ([`fleet`]), else generates ([`GenerationService::produce`]
 //! tries the model's chain, [`chain`]; each endpoint's jobs run in
 //! `produce`), and stores what it got; what its jobs cost is settled by
@@ -105,7 +107,8 @@ pub struct ServiceParts {
     pub gone_skip: Duration,
     /// A job's start timeout when another endpoint follows in its chain.
     pub start_timeout: Duration,
-    /// Where flights run.
+    /// Where background work runs (budget releases); it outlives the HTTP
+    /// workers.
     pub runtime: tokio::runtime::Handle,
     /// Tasks awaited at shutdown (flights, upstream cancellations).
     pub tasks: TaskTracker,
@@ -292,41 +295,39 @@ impl GenerationService {
         reservation: Option<Reservation>,
     ) {
         let service = self.clone();
-        self.tasks.spawn_on(
-            async move {
-                // Whatever ends this task (an answer, a panic, the runtime
-                // dropping it), every waiter gets an answer and the flight
-                // leaves the table, so no later request joins a dead one.
-                let _answered = AnswerOnDrop {
-                    flight: flight.clone(),
-                    key: keys.shared,
-                    service: service.clone(),
-                };
-                let tab = Tab::default();
-                let flown = AssertUnwindSafe(service.fly(&plan, &flight, keys, &payer, &tab))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| {
-                        tracing::error!(
-                            panic = panic_message(panic.as_ref()),
-                            "a generation task panicked: its clients get a 500"
-                        );
-                        Err(ApiError::Internal)
-                    });
-                // Settled before the answer goes out, so the next request
-                // sees the real cost, not the reservation.
-                let result = service
-                    .account(&plan, &payer, reservation, &flight, &tab, flown)
-                    .await;
-                // Out of the table before the waiters wake: a request they
-                // prompt starts afresh.
-                if let Some(key) = keys.shared {
-                    service.flights.remove(&key, &flight);
-                }
-                flight.finish(result);
-            },
-            &self.runtime,
-        );
+        // On the runtime this request is on: the HTTP worker's.
+        self.tasks.spawn(async move {
+            // Whatever ends this task (an answer, a panic, the runtime
+            // dropping it), every waiter gets an answer and the flight
+            // leaves the table, so no later request joins a dead one.
+            let _answered = AnswerOnDrop {
+                flight: flight.clone(),
+                key: keys.shared,
+                service: service.clone(),
+            };
+            let tab = Tab::default();
+            let flown = AssertUnwindSafe(service.fly(&plan, &flight, keys, &payer, &tab))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    tracing::error!(
+                        panic = panic_message(panic.as_ref()),
+                        "a generation task panicked: its clients get a 500"
+                    );
+                    Err(ApiError::Internal)
+                });
+            // Settled before the answer goes out, so the next request
+            // sees the real cost, not the reservation.
+            let result = service
+                .account(&plan, &payer, reservation, &flight, &tab, flown)
+                .await;
+            // Out of the table before the waiters wake: a request they
+            // prompt starts afresh.
+            if let Some(key) = keys.shared {
+                service.flights.remove(&key, &flight);
+            }
+            flight.finish(result);
+        });
     }
 
     /// One flight: the caches and the fleet first, else a generation here;

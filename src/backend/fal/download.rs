@@ -21,12 +21,13 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::HeaderMap;
 
+use super::transport::ClientPerThread;
 use crate::config::FalSettings;
 use crate::domain::OutputFormat;
 
-/// Where the gateway may fetch images from, and the client that does it.
+/// Where the gateway may fetch images from, and the clients that do it.
 pub struct Downloads {
-    http: reqwest::Client,
+    http: ClientPerThread,
     hosts: Vec<String>,
     private_networks: bool,
 }
@@ -34,15 +35,18 @@ pub struct Downloads {
 impl Downloads {
     pub fn new(settings: &FalSettings) -> Result<Self, String> {
         let private_networks = settings.download_private_networks;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("image-gateway/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(PublicOnly { private_networks }))
-            .build()
-            .map_err(|e| format!("cannot build the download client: {e}"))?;
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let http = ClientPerThread::new(move || {
+            reqwest::Client::builder()
+                .user_agent(concat!("image-gateway/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(connect_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .dns_resolver(Arc::new(PublicOnly { private_networks }))
+                .build()
+        })
+        .map_err(|e| format!("cannot build the download client: {e}"))?;
         Ok(Self {
             http,
             hosts: settings
@@ -98,7 +102,7 @@ impl Downloads {
 
     /// The GET for a checked link.
     pub fn get(&self, url: &Url) -> reqwest::RequestBuilder {
-        self.http.get(url.clone()).header("accept", "image/*")
+        self.http.get().get(url.clone()).header("accept", "image/*")
     }
 }
 

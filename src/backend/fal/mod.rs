@@ -53,7 +53,7 @@ mod status;
 pub mod transport;
 pub mod wire;
 
-use cancel::cancel_reason;
+use cancel::{CancelOnDrop, cancel_reason};
 use errors::protocol;
 use fallback::{call_error, classify};
 use headers::{billable_units, controls, fal_tags};
@@ -85,6 +85,9 @@ struct Shared {
     /// only ones URLs from fal's answers are followed to.
     queue_origins: Vec<String>,
     cancels: TaskTracker,
+    /// Where cancels run: the runtime that outlives the HTTP workers, so a
+    /// cancel asked for at shutdown (or by a dropped job) still reaches fal.
+    background: tokio::runtime::Handle,
 }
 
 /// fal, over its queue or its synchronous host.
@@ -106,6 +109,7 @@ impl FalBackend {
         key: &Secret,
         upstream: Arc<Upstream>,
         cancels: TaskTracker,
+        background: tokio::runtime::Handle,
     ) -> Result<Self, String> {
         let mut auth = HeaderValue::from_str(&format!("Key {}", key.expose()))
             .map_err(|_| "FAL_KEY contains characters not allowed in an HTTP header".to_string())?;
@@ -130,6 +134,7 @@ impl FalBackend {
                 queue_url,
                 queue_origins,
                 cancels,
+                background,
             }),
             run_url: settings.run_url.trim_end_matches('/').to_owned(),
             max_queue_length: settings.max_queue_length,
@@ -187,7 +192,10 @@ impl FalBackend {
         tracing::Span::current().record("fal_request_id", urls.id.as_str());
         tracing::debug!(endpoint = job.endpoint.full(), "fal job submitted");
         let submitted_at = Instant::now();
-        let running_since = match self.wait_until_done(&urls.status, ctx).await {
+        let watching = CancelOnDrop::arm(&self.shared, &urls);
+        let waited = self.wait_until_done(&urls.status, ctx).await;
+        watching.disarm();
+        let running_since = match waited {
             Ok(running_since) => running_since,
             Err(e) => return Err(self.give_up(&urls, e, ctx).await),
         };
@@ -288,7 +296,7 @@ impl FalBackend {
         let shared = self.shared.clone();
         let job = job.clone();
         let reason = cancel_reason(&JobError::Stopped(stop));
-        self.shared.cancels.spawn(
+        self.shared.cancels.spawn_on(
             async move {
                 match task.await {
                     Ok(Ok(answer)) => {
@@ -307,6 +315,7 @@ impl FalBackend {
                 }
             }
             .in_current_span(),
+            &self.shared.background,
         );
         match stop {
             Stop::Deadline => ApiError::deadline(
@@ -478,7 +487,7 @@ impl FalBackend {
 impl Shared {
     fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
         self.upstream
-            .http
+            .http()
             .request(method, url)
             .headers(self.auth_headers.clone())
     }

@@ -110,10 +110,42 @@ impl RetryPolicy {
     }
 }
 
-/// Shared HTTP plumbing: the pooled client, size limit, retries, backup
+/// A pooled HTTP client for each thread that calls upstream. A connection
+/// is driven by a task on the runtime that opened it, so with one client
+/// shared by every thread an HTTP worker's call could be carried by another
+/// thread's task, a wake-up across threads per call; with a client per
+/// thread, a miss's calls stay on the worker that took the request.
+pub struct ClientPerThread {
+    first: reqwest::Client,
+    build: Box<dyn Fn() -> Result<reqwest::Client, reqwest::Error> + Send + Sync>,
+    local: thread_local::ThreadLocal<reqwest::Client>,
+}
+
+impl ClientPerThread {
+    /// Fails when `build` does (checked once, here).
+    pub fn new(
+        build: impl Fn() -> Result<reqwest::Client, reqwest::Error> + Send + Sync + 'static,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            first: build()?,
+            build: Box::new(build),
+            local: thread_local::ThreadLocal::new(),
+        })
+    }
+
+    /// This thread's client. A thread that exits leaves its client to the
+    /// next thread given its slot, whose pooled connections (their tasks
+    /// gone with the old thread's runtime) the pool then discards as closed.
+    pub fn get(&self) -> &reqwest::Client {
+        self.local
+            .get_or(|| (self.build)().unwrap_or_else(|_| self.first.clone()))
+    }
+}
+
+/// Shared HTTP plumbing: the pooled clients, size limit, retries, backup
 /// hosts and metrics.
 pub struct Upstream {
-    pub http: reqwest::Client,
+    clients: ClientPerThread,
     pub max_response_bytes: usize,
     pub call_timeout: Duration,
     pub retry: RetryPolicy,
@@ -124,12 +156,15 @@ pub struct Upstream {
     pub metrics: Arc<Metrics>,
 }
 
-/// Build the one pooled client used for every upstream call.
-pub fn build_client(settings: &FalSettings) -> Result<reqwest::Client, reqwest::Error> {
+/// Build a pooled client for upstream calls (one per thread).
+fn build_client(
+    connect_timeout: Duration,
+    pool_max_idle_per_host: usize,
+) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(concat!("image-gateway/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .connect_timeout(connect_timeout)
+        .pool_max_idle_per_host(pool_max_idle_per_host)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         // Redirects are not followed: fal's API does not redirect, and a
@@ -151,8 +186,10 @@ pub enum Repeat {
 
 impl Upstream {
     pub fn new(settings: &FalSettings, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let pool = settings.pool_max_idle_per_host;
         Ok(Self {
-            http: build_client(settings)?,
+            clients: ClientPerThread::new(move || build_client(connect_timeout, pool))?,
             max_response_bytes: settings.max_response_bytes,
             call_timeout: Duration::from_secs(settings.call_timeout_seconds),
             retry: RetryPolicy {
@@ -164,6 +201,11 @@ impl Upstream {
             backups: settings.backup_origins(),
             metrics,
         })
+    }
+
+    /// This thread's client.
+    pub fn http(&self) -> &reqwest::Client {
+        self.clients.get()
     }
 
     /// Send one request to `url` with fal's retry rules until it yields an
