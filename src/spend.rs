@@ -114,33 +114,41 @@ impl Spend {
 
     /// Settle a generation that reached the backend and succeeded: the
     /// reservation (if any) becomes the real cost, a ledger row is written
-    /// and the spend metric counts it. The database is retried briefly; if
-    /// it still refuses, the reservation expires on its own and the error
-    /// log names the charge.
+    /// and the spend metric counts it. With a reservation this waits for the
+    /// commit (the key's next request must see the real cost); without one
+    /// it returns at once and the row follows within the writer's next
+    /// group (reads of spend wait for it). The database is retried briefly;
+    /// if it still refuses, the reservation expires on its own and the
+    /// error log names the charge.
     pub async fn settle(&self, reservation: Option<Reservation>, charge: Charge) {
         self.metrics
             .spend
             .with_label_values(&[&charge.model])
             .inc_by(charge.cost_micro_usd as f64 / 1_000_000.0);
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=SETTLE_ATTEMPTS {
-            match self
-                .store
-                .settle(reservation.as_ref(), charge.clone())
-                .await
-            {
-                Ok(()) => return,
-                Err(e) => {
-                    self.metrics.database_error(DbOp::Settle);
-                    if attempt == SETTLE_ATTEMPTS {
-                        log_unsettled(&e, &charge);
-                        return;
+        match reservation {
+            Some(reservation) => {
+                settle_retrying(&self.store, &self.metrics, Some(reservation), charge, 1).await;
+            }
+            None => {
+                let (store, metrics) = (self.store.clone(), self.metrics.clone());
+                let again = charge.clone();
+                self.store.settle_later(charge, move |result| {
+                    if result.is_err() {
+                        metrics.database_error(DbOp::Settle);
+                        // On the writer's runtime, which outlives the workers.
+                        tokio::spawn(async move {
+                            settle_retrying(&store, &metrics, None, again, 2).await;
+                        });
                     }
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                }
+                });
             }
         }
+    }
+
+    /// Wait until every settlement queued so far is written: what a read of
+    /// spend calls first.
+    pub async fn flush(&self) {
+        self.store.flush_settlements().await;
     }
 
     /// Give a reservation back: nothing was made (a failure, or an answer
@@ -153,6 +161,35 @@ impl Spend {
                 key_id = %reservation.key_id,
                 "cannot release a budget reservation; it expires on its own"
             );
+        }
+    }
+}
+
+/// Settle, making attempts `first..=SETTLE_ATTEMPTS` with a growing pause
+/// between them; the last refusal is logged with the charge.
+async fn settle_retrying(
+    store: &Store,
+    metrics: &Metrics,
+    reservation: Option<Reservation>,
+    charge: Charge,
+    first: u32,
+) {
+    let mut delay = Duration::from_millis(100) * 4u32.pow(first.saturating_sub(1));
+    if first > 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for attempt in first..=SETTLE_ATTEMPTS {
+        match store.settle(reservation.as_ref(), charge.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics.database_error(DbOp::Settle);
+                if attempt == SETTLE_ATTEMPTS {
+                    log_unsettled(&e, &charge);
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
         }
     }
 }

@@ -131,7 +131,7 @@ impl Application {
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), kind.as_str()])
             .set(1);
-        let runtime = UpstreamRuntime::start(cores.min(4))?;
+        let runtime = UpstreamRuntime::start(1)?;
         let (store, has_keys) = wiring::database(&settings, &runtime.handle()?)?;
         let service = wiring::service(
             &settings,

@@ -190,7 +190,8 @@ pub struct FalSettings {
     pub call_timeout_seconds: u64,
     /// Largest upstream answer read (results carrying base64 images included).
     pub max_response_bytes: usize,
-    /// Idle pooled connections kept per upstream host; 0: as many as
+    /// Idle pooled connections kept per upstream host by each thread's
+    /// client (each HTTP worker calls fal with its own pool); 0: as many as
     /// `limits.max_concurrent_jobs` (a running job holds one connection
     /// while it watches its status, so every one can be reused).
     pub pool_max_idle_per_host: usize,

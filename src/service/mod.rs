@@ -460,6 +460,13 @@ impl GenerationService {
                 "upstream work still running after the shutdown grace period"
             );
         }
+        // The ledger rows of requests answered without waiting for them.
+        if tokio::time::timeout(grace, self.spend.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("settlements still being written after the shutdown grace period");
+        }
     }
 }
 

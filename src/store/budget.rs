@@ -18,6 +18,7 @@
 //! *released*: deleted and dropped from the reserved sum, nothing spent.
 
 use super::keys::{PeriodStarts, current_period_sql};
+use super::settle::{Done, Pending, Queued};
 use super::{Record, Store, StoreError, now, on_pool};
 
 /// A held reservation.
@@ -183,21 +184,42 @@ impl Store {
         charge: Charge,
     ) -> Result<(), StoreError> {
         let (done, written) = tokio::sync::oneshot::channel();
-        let pending = super::settle::Pending {
+        let pending = Pending {
             reservation: reservation.cloned(),
             charge,
-            done,
+            done: Done::Waiting(done),
         };
-        if self.settlements.send(pending).is_err() {
-            return Err(StoreError::Unavailable(
-                "the ledger writer has stopped".into(),
-            ));
+        if self.settlements.send(Queued::Settle(pending)).is_err() {
+            return Err(writer_stopped());
         }
-        written.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the ledger writer has stopped".into(),
-            ))
-        })
+        written.await.unwrap_or_else(|_| Err(writer_stopped()))
+    }
+
+    /// Queue the settlement of a request without a reservation and return
+    /// at once; `done` hears (on the writer's task) how it went.
+    pub fn settle_later(
+        &self,
+        charge: Charge,
+        done: impl FnOnce(Result<(), StoreError>) + Send + Sync + 'static,
+    ) {
+        let pending = Pending {
+            reservation: None,
+            charge,
+            done: Done::Later(Box::new(done)),
+        };
+        if let Err(refused) = self.settlements.send(Queued::Settle(pending))
+            && let Queued::Settle(pending) = refused.0
+        {
+            pending.done.send(Err(writer_stopped()));
+        }
+    }
+
+    /// Wait until every settlement queued so far is written (or refused).
+    pub async fn flush_settlements(&self) {
+        let (tx, flushed) = tokio::sync::oneshot::channel();
+        if self.settlements.send(Queued::Flush(tx)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     /// Give a reservation back: nothing was spent.
@@ -274,4 +296,8 @@ impl Store {
         })
         .await
     }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("the ledger writer has stopped".into())
 }

@@ -287,7 +287,9 @@ impl Store {
         .await
     }
 
+    /// A key with its spend (settlements queued before the call included).
     pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.flush_settlements().await;
         let (pool, id) = (self.pool.clone(), id.to_owned());
         self.run(async move { get(&pool, &id).await }).await
     }
@@ -309,8 +311,9 @@ impl Store {
         .await
     }
 
-    /// Every key, oldest first.
+    /// Every key, oldest first (settlements queued before the call included).
     pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.flush_settlements().await;
         let pool = self.pool.clone();
         self.run(async move {
             on_pool!(&pool, |p, _d| {
@@ -347,6 +350,8 @@ impl Store {
         id: &str,
         patch: KeyPatch,
     ) -> Result<Option<KeyRecord>, StoreError> {
+        // A budget set now must count spend already made.
+        self.flush_settlements().await;
         let (pool, id) = (self.pool.clone(), id.to_owned());
         self.run(async move {
             let at = now();

@@ -59,7 +59,9 @@ pub struct SpendRow {
 }
 
 impl Store {
+    /// Spend totals (settlements queued before the call included).
     pub async fn spend(&self, query: SpendQuery) -> Result<Vec<SpendRow>, StoreError> {
+        self.flush_settlements().await;
         let pool = self.pool.clone();
         self.run(async move {
             let column = query.group_by.column();

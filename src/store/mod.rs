@@ -212,7 +212,7 @@ pub struct Store {
     pub(crate) pool: Pool,
     runtime: tokio::runtime::Handle,
     /// Settlements queue here for the ledger writer ([`settle`]).
-    settlements: tokio::sync::mpsc::UnboundedSender<settle::Pending>,
+    settlements: tokio::sync::mpsc::UnboundedSender<settle::Queued>,
     /// Where it is, for logs: a file path, or the URL without credentials.
     location: String,
 }

@@ -9,8 +9,12 @@
 //! writes whatever has queued in one transaction, with one multi-row insert
 //! into the ledger, then tells each request it is done. A lone request is
 //! written at once, alone: grouping adds no wait, it only shares the
-//! transactions that queue up while one is being written. Each request still
-//! waits for its own settlement to be committed.
+//! transactions that queue up while one is being written. A request with a
+//! reservation waits for its settlement to be committed (the next request
+//! against its budget must see the real cost); one without (no budget to
+//! keep) is answered at once, and told of a refusal by a callback. Reads
+//! of spend first [`flush`] what is queued, so they see every request
+//! answered before them.
 //!
 //! A group the database refuses is written again one settlement at a time,
 //! so one bad settlement never fails the others.
@@ -29,29 +33,65 @@ const MAX_GROUP: usize = 128;
 pub(super) struct Pending {
     pub reservation: Option<Reservation>,
     pub charge: Charge,
-    pub done: oneshot::Sender<Result<(), StoreError>>,
+    pub done: Done,
+}
+
+/// Who hears how a settlement went.
+pub(super) enum Done {
+    /// A request waiting for its commit.
+    Waiting(oneshot::Sender<Result<(), StoreError>>),
+    /// Called on the writer's task once it is written or refused.
+    Later(Box<dyn FnOnce(Result<(), StoreError>) + Send + Sync>),
+}
+
+impl Done {
+    pub(super) fn send(self, result: Result<(), StoreError>) {
+        match self {
+            Done::Waiting(tx) => {
+                let _ = tx.send(result);
+            }
+            Done::Later(tell) => tell(result),
+        }
+    }
+}
+
+/// What the writer is sent.
+pub(super) enum Queued {
+    Settle(Pending),
+    /// Answered once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Start the writer on `runtime`; settlements go to the returned sender.
 /// It stops when every sender is gone.
-pub(super) fn start(
-    pool: Pool,
-    runtime: &tokio::runtime::Handle,
-) -> mpsc::UnboundedSender<Pending> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+pub(super) fn start(pool: Pool, runtime: &tokio::runtime::Handle) -> mpsc::UnboundedSender<Queued> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
     runtime.spawn(async move {
+        let mut queued = Vec::with_capacity(MAX_GROUP);
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-            let result = write(&pool, &group).await;
-            if result.is_err() && group.len() > 1 {
-                for one in group.drain(..) {
-                    let result = write(&pool, std::slice::from_ref(&one)).await;
-                    let _ = one.done.send(result);
+        let mut flushes = Vec::new();
+        while rx.recv_many(&mut queued, MAX_GROUP).await > 0 {
+            for one in queued.drain(..) {
+                match one {
+                    Queued::Settle(pending) => group.push(pending),
+                    Queued::Flush(tx) => flushes.push(tx),
                 }
-            } else {
-                for one in group.drain(..) {
-                    let _ = one.done.send(result.clone());
+            }
+            if !group.is_empty() {
+                let result = write(&pool, &group).await;
+                if result.is_err() && group.len() > 1 {
+                    for one in group.drain(..) {
+                        let result = write(&pool, std::slice::from_ref(&one)).await;
+                        one.done.send(result);
+                    }
+                } else {
+                    for one in group.drain(..) {
+                        one.done.send(result.clone());
+                    }
                 }
+            }
+            for tx in flushes.drain(..) {
+                let _ = tx.send(());
             }
         }
     });
@@ -243,5 +283,39 @@ mod tests {
         };
         assert_eq!(of(Some(&key.id)), Some((100, 2_000_000)));
         assert_eq!(of(None), Some((100, 3_000_000)));
+    }
+
+    /// Settlements nobody waits for (no reservation) are all in the next
+    /// read of spend, and each one's callback heard it was written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn settlements_answered_at_once_are_in_the_next_read_of_spend() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let store = Store::open(&DatabaseSettings {
+            url: DatabaseUrl::new("sqlite::memory:"),
+            ..DatabaseSettings::default()
+        })
+        .await
+        .unwrap();
+        let written = std::sync::Arc::new(AtomicUsize::new(0));
+        for n in 0..300 {
+            let written = written.clone();
+            store.settle_later(charge(None, 10_000, n), move |result| {
+                if result.is_ok() {
+                    written.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        let rows = store
+            .spend(SpendQuery {
+                group_by: GroupBy::Key,
+                from: 0,
+                to: now() + 60,
+                key_id: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].requests, rows[0].cost_micro_usd), (300, 3_000_000));
+        assert_eq!(written.load(Ordering::SeqCst), 300);
     }
 }
