@@ -38,7 +38,9 @@ pub enum StartupError {
 /// Time after the grace period for cancelled requests to be answered.
 const SHUTDOWN_MARGIN_SECONDS: u64 = 3;
 
-/// Owns the runtime flights and upstream calls run on. Shut down in the
+/// Owns the background runtime: work that must outlive the HTTP workers
+/// (cancelling fal jobs, the spend ledger's writer, key-change watching,
+/// the Redis probe). Flights run on the workers. Shut down in the
 /// background on drop, so dropping it inside async code (tests) is safe.
 struct UpstreamRuntime(Option<tokio::runtime::Runtime>);
 
@@ -131,6 +133,7 @@ impl Application {
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), kind.as_str()])
             .set(1);
+        // One thread: its work waits on the network and the database.
         let runtime = UpstreamRuntime::start(1)?;
         let (store, has_keys) = wiring::database(&settings, &runtime.handle()?)?;
         let service = wiring::service(
