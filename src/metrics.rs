@@ -261,7 +261,7 @@ families! {
     load_shed: IntCounter = "image_gateway_load_shed_total",
         "Requests refused with 429 because the upstream slots and wait queue were full, or the memory budget (limits.max_memory_bytes) had no room.";
     memory_shed: IntCounter = "image_gateway_memory_shed_total",
-        "Requests refused with 429 because the memory budget (limits.max_memory_bytes) had no room for their body or answer.";
+        "Requests refused with 429 because the memory budget (limits.max_memory_bytes) had no room for their body or generation, or the answers promised to jobs waiting at fal reached limits.memory_overcommit times it.";
     memory_reserved: IntGauge = "image_gateway_memory_reserved_bytes",
         "Bytes of the memory budget held now by request bodies, answers being made or written, and upstream answers being read.";
     memory_limit: IntGauge = "image_gateway_memory_limit_bytes",

@@ -170,7 +170,11 @@ pub fn service(
     runtime: tokio::runtime::Handle,
     tasks: TaskTracker,
 ) -> Result<Arc<GenerationService>, StartupError> {
-    let memory = MemoryBudget::new(settings.limits.max_memory_bytes, metrics.clone());
+    let memory = MemoryBudget::new(
+        settings.limits.max_memory_bytes,
+        settings.limits.memory_overcommit,
+        metrics.clone(),
+    );
     let backend = backend(settings, metrics, &tasks, &runtime)?;
     let (cache, shared_cache) = caches(settings, metrics, &runtime)?;
     let service = GenerationService::new(ServiceParts {

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::memory::Room;
 
 /// Why work stopped before it finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub struct JobContext {
     /// Who the job is billed to (a key's id, never its secret), for the
     /// upstream's invoice (fal: `X-Fal-Tags`); `None` without a key.
     pub account: Option<Arc<str>>,
+    /// The generation's memory room, grown to its whole before an answer is
+    /// read ([`Self::room_for_answer`]); `None`: nothing to grow.
+    pub room: Option<Arc<Room>>,
 }
 
 impl JobContext {
@@ -41,6 +45,22 @@ impl JobContext {
             () = self.cancel.cancelled() => Err(Stop::Cancelled),
             () = tokio::time::sleep_until(self.deadline) => Err(Stop::Deadline),
         }
+    }
+
+    /// Wait until the generation's memory room can take its answers (the
+    /// backend calls it before reading one), unless the context ends first.
+    /// A deadline here comes after the job was done upstream.
+    pub async fn room_for_answer(&self) -> Result<(), ApiError> {
+        let Some(room) = &self.room else {
+            return Ok(());
+        };
+        self.race(room.make_whole()).await.map_err(|stop| match stop {
+            Stop::Deadline => ApiError::deadline(
+                self.timeout_seconds,
+                "; its answer waited for memory room (limits.max_memory_bytes) past the deadline",
+            ),
+            Stop::Cancelled => self.error(stop),
+        })
     }
 
     /// Sleep for `delay`, unless the context ends first.

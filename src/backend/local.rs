@@ -46,6 +46,7 @@ impl ImageBackend for LocalBackend {
             if !self.delay.is_zero() {
                 ctx.sleep(self.delay).await.map_err(|s| ctx.error(s))?;
             }
+            ctx.room_for_answer().await?;
             // The size and format the job's endpoint would deliver (its profile).
             let (width, height) = job.expected_size;
             let prompt = job.prompt.clone();

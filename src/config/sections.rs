@@ -422,12 +422,21 @@ pub struct LimitSettings {
     /// Generations waiting for a slot; past this the gateway answers 429 at once.
     pub max_queued_jobs: usize,
     /// Bound on the memory of work in flight, beside the caches' own bounds:
-    /// request bodies being read, answers being made and written (each
-    /// counted at the most its plan can legitimately take until the real
-    /// answer is known, then at its real size until its last byte is
-    /// written), and fal answers being read. New requests that find no room
-    /// get 429 with retry-after.
+    /// request bodies being read, answers being made and written (a small
+    /// room while the jobs wait at fal, the most the plan can legitimately
+    /// take from its first answer until the real answer is known, then its
+    /// real size until its last byte is written), and fal answers being
+    /// read. New requests that find no room get 429 with retry-after; a
+    /// finished job's answer waits, in turn, until its room is free.
     pub max_memory_bytes: u64,
+    /// How many times `max_memory_bytes` the answers of generations whose
+    /// jobs wait at fal may need at most, added up (each counted at the
+    /// most its plan can take): jobs wait seconds at fal and their answers
+    /// are read in milliseconds, so more can wait than can be read at once,
+    /// and they take turns. Past it new generations get 429. 1 admits only
+    /// what can be read at once; higher lets more `b64_json` jobs run at
+    /// fal per replica, and a burst's answers wait longer for their turn.
+    pub memory_overcommit: u32,
     /// Per client key; 0 disables.
     pub requests_per_minute: u32,
     /// Per client key, counted in images (`n`); 0 disables.
@@ -440,6 +449,7 @@ impl Default for LimitSettings {
             max_concurrent_jobs: 4_096,
             max_queued_jobs: 16_384,
             max_memory_bytes: 256 * 1024 * 1024,
+            memory_overcommit: 4,
             requests_per_minute: 0,
             images_per_minute: 0,
         }

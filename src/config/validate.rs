@@ -76,6 +76,7 @@ pub(crate) const RANGES: &[Range] = &[
     range("limits.max_queued_jobs", 0, 100_000_000),
     // At least one answer of a few large images.
     range("limits.max_memory_bytes", 16 * MIB, TIB),
+    range("limits.memory_overcommit", 1, 1_000),
     range("limits.requests_per_minute", 0, u32::MAX as u64),
     range("limits.images_per_minute", 0, u32::MAX as u64),
     range("models.gone_skip_seconds", 1, DAY),

@@ -125,6 +125,13 @@ impl Job {
         u64::from(self.num_images) * each + self.prompt.len() as u64 * 6 + 16 * 1024
     }
 
+    /// What this job holds in the memory budget while it waits upstream:
+    /// its submit and status answers, the prompt echoed back, other fields
+    /// (the allowance of [`Self::max_answer_bytes`] without the images).
+    pub fn waiting_bytes(&self) -> u64 {
+        self.prompt.len() as u64 * 6 + 16 * 1024
+    }
+
     /// The most memory this job's images take once delivered in `format`.
     pub fn max_delivered_bytes(&self, format: ResponseFormat) -> u64 {
         let each = match format {
@@ -183,8 +190,8 @@ pub fn split_jobs(n: u8, max: u8) -> Vec<u8> {
 impl GenerationPlan {
     /// The most memory this plan can hold while it is made and answered,
     /// on whichever endpoint of its chain serves it: the upstream answers
-    /// being read and the delivered images. What a request reserves from
-    /// the memory budget until its real answer is known.
+    /// being read and the delivered images. What a request holds in the
+    /// memory budget from its first answer until its real answer is known.
     pub fn max_memory_bytes(&self) -> u64 {
         self.model
             .chain
@@ -196,6 +203,24 @@ impl GenerationPlan {
                     .map(|job| {
                         job.max_answer_bytes() + job.max_delivered_bytes(self.response_format)
                     })
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// What the plan holds in the memory budget while its jobs wait
+    /// upstream, before any answer is read (then it holds
+    /// [`Self::max_memory_bytes`]).
+    pub fn waiting_memory_bytes(&self) -> u64 {
+        self.model
+            .chain
+            .iter()
+            .map(|profile| {
+                self.for_endpoint(profile)
+                    .jobs
+                    .iter()
+                    .map(Job::waiting_bytes)
                     .sum::<u64>()
             })
             .max()

@@ -22,7 +22,7 @@ use crate::domain::{
 };
 use crate::error::{ApiError, RateLimitHeaders};
 use crate::http::connection::LocalAddr;
-use crate::memory::Reservation;
+use crate::memory::Room;
 use crate::metrics::SavedBy;
 use crate::openai::{self, parse_generation_body, response};
 use crate::service::Pending;
@@ -89,10 +89,10 @@ pub async fn create(
 
     let payer = payer(&req, client, db_key);
     // A request that starts a generation gets room in the memory budget
-    // for the most its plan can hold while made (fal's answers being read)
-    // and answered, or a 429 now; cut to the real answer once known, and
-    // held until its last byte is written.
-    let (pending, status, mut room) = state
+    // (small while its jobs wait upstream, the most its plan can hold once
+    // its answers are read), or a 429 now; cut to the real answer once
+    // known, and held until its last byte is written.
+    let (pending, status, room) = state
         .service
         .begin(&plan, tenant.as_ref().map(|t| &t[..]), directives, &payer)
         .await?;
@@ -105,7 +105,7 @@ pub async fn create(
         };
         if let Some(g) = ready {
             count_answer(&state, &plan, g);
-            if let Some(room) = &mut room {
+            if let Some(room) = &room {
                 room.shrink_to(u64::from(weight(g)));
             }
         }
@@ -164,7 +164,7 @@ pub async fn create(
             }
         };
         count_answer(&state, &plan, &generation);
-        if let Some(room) = &mut room {
+        if let Some(room) = &room {
             room.shrink_to(u64::from(weight(&generation)));
         }
         let mut head = HttpResponse::Ok();
@@ -231,7 +231,7 @@ fn json_answer(
     mut head: HttpResponseBuilder,
     g: &Generation,
     base_url: &str,
-    room: Option<Reservation>,
+    room: Option<Arc<Room>>,
 ) -> HttpResponse {
     let (len, chunks) = response::json_chunks(g, base_url);
     head.insert_header((header::CONTENT_TYPE, "application/json"));

@@ -17,7 +17,7 @@ use futures_util::future::Fuse;
 
 use crate::cache::memory::weight;
 use crate::domain::GenerationPlan;
-use crate::memory::Reservation;
+use crate::memory::Room;
 use crate::metrics::Metrics;
 use crate::openai::events;
 use crate::service::flights::FlightResult;
@@ -36,7 +36,7 @@ pub fn respond(
     keepalive: Duration,
     client_gone: impl Future<Output = ()> + Send + 'static,
     metrics: Option<Arc<Metrics>>,
-    room: Option<Reservation>,
+    room: Option<Arc<Room>>,
 ) -> HttpResponse {
     res.insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -64,7 +64,7 @@ struct EventStream {
     /// leaves the flight.
     gone: Pin<Box<dyn Future<Output = ()> + Send>>,
     metrics: Option<Arc<Metrics>>,
-    room: Option<Reservation>,
+    room: Option<Arc<Room>>,
 }
 
 impl EventStream {
@@ -79,7 +79,7 @@ impl EventStream {
                     self.answer = None;
                     match result {
                         Ok(g) => {
-                            if let Some(room) = &mut self.room {
+                            if let Some(room) = &self.room {
                                 room.shrink_to(u64::from(weight(&g)));
                             }
                             if let Some(m) = &self.metrics {

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use super::flights::Flight;
 use super::{GenerationService, Tab};
 use crate::domain::{BackendKind, EndpointProfile, Generation, GenerationPlan, MicroUsd, date};
 use crate::error::{ApiError, Fallback};
@@ -81,11 +81,12 @@ impl GenerationService {
     pub(super) async fn produce(
         &self,
         plan: &GenerationPlan,
-        token: &CancellationToken,
+        flight: &Flight,
         deadline: Instant,
         payer: &Payer,
         tab: &Tab,
     ) -> Result<Generation, ApiError> {
+        let token = &flight.token;
         let model = plan.model.id.as_str();
         let today = date::today();
         let chain: Vec<&Arc<EndpointProfile>> = plan
@@ -119,7 +120,7 @@ impl GenerationService {
                 }
             }
             let error = match self
-                .produce_on(plan, &on_endpoint, token, deadline, payer, tab)
+                .produce_on(plan, &on_endpoint, flight, deadline, payer, tab)
                 .await
             {
                 Ok(generation) => return Ok(generation),
@@ -314,7 +315,7 @@ mod tests {
             files: Arc::new(FileStore::new(1 << 20, Duration::from_secs(60))),
             cache: None,
             shared_cache: None,
-            memory: crate::memory::MemoryBudget::new(1 << 30, metrics.clone()),
+            memory: crate::memory::MemoryBudget::new(1 << 30, 4, metrics.clone()),
             cache_seeded_only: false,
             limiter: JobLimiter::new(8, 8, metrics.clone()),
             spend: Arc::new(Spend::new(

@@ -29,6 +29,13 @@ pub(super) async fn fill(
     tab: &Tab,
 ) -> Result<Generation, ApiError> {
     let files = service.files();
+    // An answer may come from Redis at any moment: the whole room from the
+    // start (a flight without Redis grows to it when its answer is due).
+    if let Some(room) = &flight.room {
+        tokio::time::timeout_at(deadline, room.make_whole())
+            .await
+            .map_err(|_| ApiError::deadline(service.request_timeout.as_secs(), "; its answer waited for memory room (limits.max_memory_bytes) past the deadline"))?;
+    }
     if let Some(g) = l2.lookup(&key, files).await {
         flight.set_source(Source::Shared);
         return Ok(g);
@@ -42,7 +49,7 @@ pub(super) async fn fill(
         None
     };
     flight.set_source(Source::Generate);
-    let produced = service.produce(plan, &flight.token, deadline, payer, tab);
+    let produced = service.produce(plan, flight, deadline, payer, tab);
     let result = match &lock {
         Some(guard) => tokio::select! {
             r = produced => r,

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::CacheKey;
 use crate::domain::Generation;
 use crate::error::ApiError;
+use crate::memory::Room;
 use crate::metrics::Metrics;
 
 pub type FlightResult = Result<Arc<Generation>, ApiError>;
@@ -53,15 +54,19 @@ pub struct Flight {
     pub token: CancellationToken,
     /// Micro-dollars this flight spent upstream (set before its answer).
     spent: AtomicU64,
+    /// The memory room of the request that started it, grown before the
+    /// flight reads its answers; `None` for work that needs none.
+    pub room: Option<Arc<Room>>,
 }
 
 impl Flight {
-    pub fn new(token: CancellationToken) -> Arc<Self> {
+    pub fn new(token: CancellationToken, room: Option<Arc<Room>>) -> Arc<Self> {
         Arc::new(Self {
             progress: watch::channel(Progress::default()).0,
             waiters: AtomicUsize::new(0),
             token,
             spent: AtomicU64::new(0),
+            room,
         })
     }
 
@@ -293,7 +298,7 @@ mod tests {
     async fn the_last_waiter_leaving_cancels_the_flight() {
         let flights = Flights::new(Arc::new(Metrics::new()));
         let (a, flight) =
-            flights.join_or_start(Some(key(1)), || Flight::new(CancellationToken::new()));
+            flights.join_or_start(Some(key(1)), || Flight::new(CancellationToken::new(), None));
         let (b, same) = flights.join_or_start(Some(key(1)), || unreachable!());
         assert!(Arc::ptr_eq(&flight, &same));
         assert!(matches!(a, Joined::Leader(_)) && matches!(b, Joined::Follower(_)));
@@ -304,7 +309,7 @@ mod tests {
         assert!(flights.is_empty());
         // A new request starts afresh instead of joining the cancelled flight.
         let (c, fresh) =
-            flights.join_or_start(Some(key(1)), || Flight::new(CancellationToken::new()));
+            flights.join_or_start(Some(key(1)), || Flight::new(CancellationToken::new(), None));
         assert!(!Arc::ptr_eq(&flight, &fresh));
         drop(c);
     }
@@ -313,7 +318,7 @@ mod tests {
     async fn every_waiter_receives_the_answer_and_nothing_is_cancelled() {
         let flights = Flights::new(Arc::new(Metrics::new()));
         let (a, flight) =
-            flights.join_or_start(Some(key(2)), || Flight::new(CancellationToken::new()));
+            flights.join_or_start(Some(key(2)), || Flight::new(CancellationToken::new(), None));
         let (b, _) = flights.join_or_start(Some(key(2)), || unreachable!());
         let (Joined::Leader(a) | Joined::Follower(a)) = a;
         let (Joined::Leader(b) | Joined::Follower(b)) = b;
@@ -326,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_source_stands() {
-        let flight = Flight::new(CancellationToken::new());
+        let flight = Flight::new(CancellationToken::new(), None);
         let flights = Flights::new(Arc::new(Metrics::new()));
         let (joined, _) = flights.join_or_start(None, || flight.clone());
         let (Joined::Leader(w) | Joined::Follower(w)) = joined;

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::ImageBackend;
 use crate::cache::{CacheDirectives, CacheKey, CacheStatus, MemoryCache, RedisCache};
-use crate::domain::{BackendKind, Generation, GenerationPlan};
+use crate::domain::{BackendKind, Generation, GenerationPlan, ResponseFormat};
 use crate::error::ApiError;
 use crate::files::FileStore;
 use crate::memory::{self, MemoryBudget};
@@ -172,17 +172,20 @@ impl GenerationService {
     /// needs no reservation, whatever is left of the budget.
     ///
     /// Likewise only a request that starts a new flight takes room in the
-    /// memory budget (the most its plan can hold while made and answered;
-    /// handed to the caller, to hold until its answer is written), or is shed
-    /// with a 429 when there is none. A hit or a request that joins a flight
-    /// shares bytes that are already counted (the cache's, the flight's).
+    /// memory budget, or is shed with a 429 when there is none: a small room
+    /// while its jobs wait upstream, grown to the most its plan can hold
+    /// while made and answered before its first answer is read
+    /// ([`memory::Room`]); shared by the flight and the caller, which holds
+    /// it until its answer is written. A hit or a request that joins a
+    /// flight shares bytes that are already counted (the cache's, the
+    /// flight's).
     pub async fn begin(
         self: &Arc<Self>,
         plan: &GenerationPlan,
         tenant: Option<&[u8]>,
         directives: CacheDirectives,
         payer: &Payer,
-    ) -> Result<(Pending, CacheStatus, Option<memory::Reservation>), ApiError> {
+    ) -> Result<(Pending, CacheStatus, Option<Arc<memory::Room>>), ApiError> {
         if self.stopping.is_cancelled() {
             return Err(ApiError::ShuttingDown);
         }
@@ -204,8 +207,14 @@ impl GenerationService {
         let mut reservation = None;
         // Room in the memory budget for a flight of its own; without it,
         // joining an identical flight in the air needs none.
-        let room = match self.memory.try_reserve(plan.max_memory_bytes()) {
-            Ok(room) => Some(room),
+        let whole = plan.max_memory_bytes();
+        // A `url` plan's whole is about as small: it holds it from the start.
+        let waiting = match plan.response_format {
+            ResponseFormat::Url => whole,
+            ResponseFormat::B64Json => plan.waiting_memory_bytes(),
+        };
+        let room = match memory::Room::try_new(&self.memory, waiting, whole) {
+            Ok(room) => Some(Arc::new(room)),
             Err(shed) => {
                 let Some(w) = keys.shared.and_then(|k| self.flights.join_existing(k)) else {
                     return Err(shed);
@@ -221,9 +230,9 @@ impl GenerationService {
             }
             reservation = self.spend.reserve(payer, self.max_cost(plan)).await?;
         }
-        let (joined, flight) = self
-            .flights
-            .join_or_start(keys.shared, || Flight::new(self.stopping.child_token()));
+        let (joined, flight) = self.flights.join_or_start(keys.shared, || {
+            Flight::new(self.stopping.child_token(), room.clone())
+        });
         let (waiter, status) = match joined {
             Joined::Follower(w) => {
                 // Another request started the same generation meanwhile.
@@ -366,8 +375,7 @@ impl GenerationService {
             }
             _ => {
                 flight.set_source(Source::Generate);
-                self.produce(plan, &flight.token, deadline, payer, tab)
-                    .await?
+                self.produce(plan, flight, deadline, payer, tab).await?
             }
         };
         let generation = Arc::new(generation);
@@ -511,7 +519,7 @@ mod tests {
                 metrics.clone(),
             )),
             shared_cache: None,
-            memory: MemoryBudget::new(1 << 30, metrics.clone()),
+            memory: MemoryBudget::new(1 << 30, 4, metrics.clone()),
             cache_seeded_only: false,
             limiter: JobLimiter::new(4, 4, metrics.clone()),
             spend: Arc::new(Spend::new(store, metrics.clone(), Duration::from_secs(30))),

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use bytes::Bytes;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use super::flights::Flight;
 use super::tab::Tab;
 use super::{GenerationService, measure};
 use crate::backend::{GeneratedImage, ImageContent, JobContext, JobOutput};
@@ -27,7 +27,7 @@ impl GenerationService {
         &self,
         plan: &GenerationPlan,
         on_endpoint: &EndpointPlan,
-        token: &CancellationToken,
+        flight: &Flight,
         deadline: Instant,
         payer: &Payer,
         tab: &Tab,
@@ -35,9 +35,10 @@ impl GenerationService {
         let jobs = &on_endpoint.jobs;
         let ctx = JobContext {
             deadline,
-            cancel: token.clone(),
+            cancel: flight.token.clone(),
             timeout_seconds: self.request_timeout.as_secs(),
             account: payer.account.clone(),
+            room: flight.room.clone(),
         };
         // A plan of more jobs than the whole limit gets every slot and runs
         // that many of its jobs at a time.

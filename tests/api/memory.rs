@@ -1,5 +1,7 @@
 //! `limits.max_memory_bytes`: the memory of work in flight is the
-//! operator's number. New work that finds no room is shed with a 429 (OpenAI's
+//! operator's number. Jobs waiting at fal hold a small room; their answers
+//! are read only once the room they may need is free (in turn, paid work is
+//! never shed); new work that finds no room is shed with a 429 (OpenAI's
 //! shape, `retry-after`) instead of growing memory; an answer holds its room
 //! until it is written; fal's answers are capped at the largest the job can
 //! legitimately have.
@@ -36,75 +38,57 @@ async fn wait_reserved(app: &TestApp, what: &str, check: impl Fn(f64) -> bool) -
 }
 
 #[actix_web::test]
-async fn new_work_past_the_memory_budget_is_shed_with_a_429_not_grown() {
+async fn jobs_waiting_at_fal_hold_a_small_room_and_their_answers_take_turns() {
     let fake = FakeConfig {
         run_ms: 1_500,
         ..FakeConfig::default()
     };
-    // One n=1 b64_json 1024x1024 answer may hold ~12 MiB while it is made
-    // (fal's answer, the image): the budget has room for one.
+    // One n=1 b64_json 1024x1024 answer may hold ~12 MiB while it is read
+    // (fal's answer, the image): the budget has room for one at a time.
     let app = spawn_app_with_fake(fake, |s| s.limits.max_memory_bytes = 16 * MIB).await;
-    let body =
-        json!({"prompt": "one at a time", "size": "1024x1024", "response_format": "b64_json"});
-    let first = {
-        let client = app.client.clone();
-        let url = app.url("/v1/images/generations");
-        let body = body.clone();
-        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
-    };
-    wait_reserved(&app, "the first request holds its room", |r| {
-        r > 8.0 * MIB as f64
-    })
-    .await;
-    // Its room is taken before its submit reaches fal: wait for the submit,
-    // so the count below tells whether the shed request submitted too.
-    for _ in 0..200 {
-        if app.fal.count(Op::Submit) == 1 {
+    let requests: Vec<_> = (0..3)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = app.url("/v1/images/generations");
+            let body = json!({"prompt": format!("taking turns {i}"), "size": "1024x1024",
+                              "response_format": "b64_json"});
+            tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
+        })
+        .collect();
+    // All three reach fal: while their jobs run they hold a small room each,
+    // not the ~12 MiB their answers may need.
+    for _ in 0..500 {
+        if app.fal.count(Op::Submit) == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-
-    let res = app
-        .post_generation(json!({"prompt": "another", "response_format": "b64_json"}))
-        .await;
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let err = expect_error(res, 429).await;
-    assert_eq!(err["type"], "rate_limit_error");
-    assert_eq!(err["code"], "rate_limit_exceeded");
-    assert!(err["message"].as_str().unwrap().contains("memory"), "{err}");
-    assert_eq!(retry_after.as_deref(), Some("1"));
-    assert_eq!(
-        app.fal.count(Op::Submit),
-        1,
-        "the shed request cost nothing"
+    assert_eq!(app.fal.count(Op::Submit), 3, "every job was started");
+    let waiting = reserved(&app).await;
+    assert!(
+        waiting > 0.0 && waiting < MIB as f64,
+        "jobs at fal hold a small room ({waiting} bytes)"
     );
-    let text = app.metrics().await;
+    // Their answers are read one at a time, each in the room it may need.
+    for request in requests {
+        let (status, _, answer) = json(request.await.unwrap()).await;
+        assert_eq!(status, 200, "{}", short(&answer.to_string()));
+        assert_eq!(answer["data"].as_array().unwrap().len(), 1);
+    }
+    assert_eq!(app.fal.count(Op::Result), 3);
+    wait_reserved(&app, "every room is given back", |r| r == 0.0).await;
     assert_eq!(
-        series(&text, "image_gateway_memory_shed_total", &[]),
-        Some(1.0)
-    );
-    assert_eq!(
-        series(&text, "image_gateway_memory_limit_bytes", &[]),
+        series(
+            &app.metrics().await,
+            "image_gateway_memory_limit_bytes",
+            &[]
+        ),
         Some((16 * MIB) as f64)
     );
-
-    let (status, _, answer) = json(first.await.unwrap()).await;
-    assert_eq!(status, 200, "{}", short(&answer.to_string()));
-    wait_reserved(&app, "the answer's room is given back", |r| r == 0.0).await;
-    let (status, _, _) = json(
-        app.post_generation(json!({"prompt": "another", "response_format": "b64_json"}))
-            .await,
-    )
-    .await;
-    assert_eq!(status, 200, "room again once the first answer was written");
 }
 
 #[actix_web::test]
-async fn an_answer_holds_its_memory_until_the_client_has_read_it() {
+async fn an_answer_holds_its_memory_until_read_while_new_work_is_shed_and_paid_work_waits() {
     // Ten realistic (noisy) 1024x1024 PNGs: ~20 MB of base64, more than
     // the loopback's socket buffers take.
     let fake = FakeConfig {
@@ -139,20 +123,67 @@ async fn an_answer_holds_its_memory_until_the_client_has_read_it() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(reserved(&app).await >= held, "still held while unread");
-    // Another n=10 needs more room than is left: shed.
-    let again = json!({"prompt": "another slow one", "n": 10, "size": "1024x1024",
-                       "response_format": "b64_json"});
-    expect_error(app.post_generation(again.clone()).await, 429).await;
+    let results = app.fal.count(Op::Result);
 
-    // The client goes away: its answer, and its room, are let go.
+    // Another n=10 is admitted and its jobs run at fal, but its answers
+    // (up to ~122 MiB) do not fit beside the unread one: they wait, paid
+    // for, without being read.
+    let again = {
+        let client = app.client.clone();
+        let url = app.url("/v1/images/generations");
+        let body = json!({"prompt": "another slow one", "n": 10, "size": "1024x1024",
+                          "response_format": "b64_json"});
+        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
+    };
+    for _ in 0..500 {
+        if app.fal.count(Op::Submit) == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.fal.count(Op::Submit), 6, "its three jobs were started");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.fal.count(Op::Result),
+        results,
+        "no answer is read before there is room for it"
+    );
+    // While it waits, the room left is its: new work is shed, never grown.
+    let res = app
+        .post_generation(json!({"prompt": "a third", "response_format": "b64_json"}))
+        .await;
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let err = expect_error(res, 429).await;
+    assert_eq!(err["type"], "rate_limit_error");
+    assert_eq!(err["code"], "rate_limit_exceeded");
+    assert!(err["message"].as_str().unwrap().contains("memory"), "{err}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        app.fal.count(Op::Submit),
+        6,
+        "the shed request cost nothing"
+    );
+    assert_eq!(
+        series(&app.metrics().await, "image_gateway_memory_shed_total", &[]),
+        Some(1.0)
+    );
+
+    // The slow client goes away: its answer, and its room, are let go, and
+    // the waiting answers are read.
     drop(slow);
-    wait_reserved(&app, "a closed connection gives its room back", |r| {
-        r == 0.0
-    })
-    .await;
-    let (status, _, answer) = json(app.post_generation(again).await).await;
-    assert_eq!(status, 200);
+    let (status, _, answer) = json(again.await.unwrap()).await;
+    assert_eq!(status, 200, "{}", short(&answer.to_string()));
     assert_eq!(answer["data"].as_array().unwrap().len(), 10);
+    wait_reserved(&app, "every room is given back", |r| r == 0.0).await;
+    let (status, _, _) = json(
+        app.post_generation(json!({"prompt": "a third", "response_format": "b64_json"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "room again once the answers were written");
 }
 
 #[actix_web::test]

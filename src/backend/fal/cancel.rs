@@ -45,6 +45,7 @@ impl Shared {
                     cancel: CancellationToken::new(),
                     timeout_seconds: CANCEL_BUDGET.as_secs(),
                     account: None,
+                    room: None,
                 };
                 let policy = CallPolicy {
                     max_retries: Some(CANCEL_RETRIES),
@@ -227,6 +228,7 @@ mod tests {
                         cancel: CancellationToken::new(),
                         timeout_seconds: 60,
                         account: None,
+                        room: None,
                     };
                     let r = backend.generate(&job, &ctx).await;
                     panic!("the job ended: {:?}", r.err());

@@ -203,6 +203,7 @@ impl FalBackend {
         let done = Instant::now();
         let started = running_since.unwrap_or(done);
         let finished = "; the upstream job had finished, but its result did not arrive in time";
+        ctx.room_for_answer().await?;
         let answer = self
             .fetch_capped(
                 Operation::Result,
@@ -248,6 +249,7 @@ impl FalBackend {
             cancel: CancellationToken::new(),
             timeout_seconds: ctx.timeout_seconds,
             account: ctx.account.clone(),
+            room: None,
         };
         let shared = self.shared.clone();
         let deadline = ctx.deadline;
@@ -443,6 +445,8 @@ impl FalBackend {
         // A sync call cannot be cancelled upstream; dropping it is how fal
         // learns nobody waits.
         let dropped = "; the synchronous fal call was dropped, which cancels it";
+        // Its answer comes with the call: room for it first.
+        ctx.room_for_answer().await?;
         let answer = match self
             .shared
             .upstream
