@@ -193,26 +193,21 @@ impl GenerationPlan {
     /// being read and the delivered images. What a request holds in the
     /// memory budget from its first answer until its real answer is known.
     pub fn max_memory_bytes(&self) -> u64 {
-        self.model
-            .chain
-            .iter()
-            .map(|profile| {
-                self.for_endpoint(profile)
-                    .jobs
-                    .iter()
-                    .map(|job| {
-                        job.max_answer_bytes() + job.max_delivered_bytes(self.response_format)
-                    })
-                    .sum::<u64>()
-            })
-            .max()
-            .unwrap_or(0)
+        self.most_on_any_endpoint(|job| {
+            job.max_answer_bytes() + job.max_delivered_bytes(self.response_format)
+        })
     }
 
     /// What the plan holds in the memory budget while its jobs wait
     /// upstream, before any answer is read (then it holds
     /// [`Self::max_memory_bytes`]).
     pub fn waiting_memory_bytes(&self) -> u64 {
+        self.most_on_any_endpoint(Job::waiting_bytes)
+    }
+
+    /// The largest sum of `per_job` over the jobs of the plan on one
+    /// endpoint of its chain.
+    fn most_on_any_endpoint(&self, per_job: impl Fn(&Job) -> u64) -> u64 {
         self.model
             .chain
             .iter()
@@ -220,7 +215,7 @@ impl GenerationPlan {
                 self.for_endpoint(profile)
                     .jobs
                     .iter()
-                    .map(Job::waiting_bytes)
+                    .map(&per_job)
                     .sum::<u64>()
             })
             .max()

@@ -224,14 +224,28 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_settlements_are_grouped_and_every_one_is_written() {
-        let store = Store::open(&DatabaseSettings {
+    async fn in_memory() -> Store {
+        Store::open(&DatabaseSettings {
             url: DatabaseUrl::new("sqlite::memory:"),
             ..DatabaseSettings::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Spend per key, of every row so far.
+    fn by_key() -> SpendQuery {
+        SpendQuery {
+            group_by: GroupBy::Key,
+            from: 0,
+            to: now() + 60,
+            key_id: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_settlements_are_grouped_and_every_one_is_written() {
+        let store = in_memory().await;
         let (key, _) = store
             .create_key(NewKey {
                 name: "grouped".into(),
@@ -267,15 +281,7 @@ mod tests {
         let key = store.key(&key.id).await.unwrap().unwrap();
         assert_eq!(key.spent_micro_usd, 100 * 20_000);
         assert_eq!(key.reserved_micro_usd, 0, "every reservation settled");
-        let rows = store
-            .spend(SpendQuery {
-                group_by: GroupBy::Key,
-                from: 0,
-                to: now() + 60,
-                key_id: None,
-            })
-            .await
-            .unwrap();
+        let rows = store.spend(by_key()).await.unwrap();
         let of = |group: Option<&str>| {
             rows.iter()
                 .find(|r| r.group.as_deref() == group)
@@ -290,12 +296,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn settlements_answered_at_once_are_in_the_next_read_of_spend() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let store = Store::open(&DatabaseSettings {
-            url: DatabaseUrl::new("sqlite::memory:"),
-            ..DatabaseSettings::default()
-        })
-        .await
-        .unwrap();
+        let store = in_memory().await;
         let written = std::sync::Arc::new(AtomicUsize::new(0));
         for n in 0..300 {
             let written = written.clone();
@@ -305,15 +306,7 @@ mod tests {
                 }
             });
         }
-        let rows = store
-            .spend(SpendQuery {
-                group_by: GroupBy::Key,
-                from: 0,
-                to: now() + 60,
-                key_id: None,
-            })
-            .await
-            .unwrap();
+        let rows = store.spend(by_key()).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].requests, rows[0].cost_micro_usd), (300, 3_000_000));
         assert_eq!(written.load(Ordering::SeqCst), 300);
