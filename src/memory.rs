@@ -18,8 +18,10 @@
 //! holding nothing (its small room given back first) and then takes its
 //! whole room at once, so a waiter never holds what another waits for, and
 //! every holder of room is reading or writing an answer, which ends (the
-//! client write timeout bounds a slow reader). Waiters are served in order,
-//! and while one waits new work finds no room and is shed.
+//! client write timeout bounds a slow reader). Waiters take turns in order
+//! of arrival; the one whose turn it is takes nothing until its whole fits,
+//! so new work that fits meanwhile still starts (what it may need later is
+//! bounded by the overcommit).
 //!
 //! The budget is a tokio semaphore counting KiB.
 
@@ -46,6 +48,10 @@ pub struct MemoryBudget {
     /// can reasonably take turns reading.
     promised: std::sync::atomic::AtomicU64,
     promise_limit: u64,
+    /// Told whenever room is given back.
+    freed: tokio::sync::Notify,
+    /// Whole rooms are waited for one at a time, in order.
+    turns: tokio::sync::Mutex<()>,
 }
 
 /// Memory held for one piece of work; given back when dropped.
@@ -69,6 +75,8 @@ impl MemoryBudget {
             metrics,
             promised: std::sync::atomic::AtomicU64::new(0),
             promise_limit: u64::from(total) * UNIT * u64::from(overcommit.max(1)),
+            freed: tokio::sync::Notify::new(),
+            turns: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -116,21 +124,27 @@ impl MemoryBudget {
         }
     }
 
-    /// Reserve `bytes`, waiting (in order) until there is room.
+    /// Reserve `bytes`, waiting (in turn) until they fit. Nothing is taken
+    /// before they all fit (the semaphore's own queue would keep the free
+    /// room for the waiter and shed new work that fits).
     async fn reserve_waiting(self: &Arc<Self>, bytes: u64) -> Reservation {
-        match self
-            .permits
-            .clone()
-            .acquire_many_owned(self.units(bytes))
-            .await
-        {
-            Ok(permit) => self.held(permit),
-            // The semaphore is never closed.
-            Err(_) => Reservation {
-                permit: None,
-                budget: self.clone(),
-            },
+        let units = self.units(bytes);
+        let _turn = self.turns.lock().await;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Ok(permit) = self.permits.clone().try_acquire_many_owned(units) {
+                return self.held(permit);
+            }
+            freed.await;
         }
+    }
+
+    /// Room was given back: the waiter whose turn it is looks again.
+    fn given_back(&self) {
+        self.update_gauge();
+        self.freed.notify_waiters();
     }
 
     fn held(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Reservation {
@@ -174,7 +188,7 @@ impl Reservation {
             let held = permit.num_permits();
             if keep < held {
                 drop(permit.split(held - keep));
-                self.budget.update_gauge();
+                self.budget.given_back();
             }
         }
     }
@@ -299,7 +313,7 @@ impl std::fmt::Debug for Room {
 impl Drop for Reservation {
     fn drop(&mut self) {
         drop(self.permit.take());
-        self.budget.update_gauge();
+        self.budget.given_back();
     }
 }
 
@@ -352,22 +366,34 @@ mod tests {
         a.make_whole().await;
         a.make_whole().await;
         assert_eq!((a.bytes(), budget.reserved()), (6 * MIB, 7 * MIB));
-        // b's answer waits for room, holding nothing of its own meanwhile...
+        // b's answer waits for room, holding nothing meanwhile...
         let waiting = tokio::spawn({
             let b = b.clone();
             async move { b.make_whole().await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "6 MiB do not fit beside a's 6");
-        assert_eq!(b.bytes(), 0);
-        // ...and what is free is kept for it: new work is shed.
-        let shed = Room::try_new(&budget, 64 * 1024, MIB).unwrap_err();
-        assert!(matches!(shed, ApiError::Overloaded { .. }), "{shed:?}");
-        // a's real answer is smaller than its worst case: b gets its room.
+        assert_eq!((b.bytes(), budget.reserved()), (0, 6 * MIB));
+        // ...so new work that fits still starts...
+        let c = Room::try_new(&budget, MIB, 2 * MIB).unwrap();
+        // ...and a third answer waits behind b's, even when it would fit.
+        let c_waits = tokio::spawn({
+            let c = Arc::new(c);
+            async move {
+                c.make_whole().await;
+                c
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!c_waits.is_finished(), "waiters take turns");
+        // a's real answer is smaller than its worst case: b gets its room,
+        // then c.
         a.shrink_to(MIB);
         waiting.await.unwrap();
-        assert_eq!((b.bytes(), budget.reserved()), (6 * MIB, 7 * MIB));
-        drop((a, b));
+        let c = c_waits.await.unwrap();
+        assert_eq!((b.bytes(), c.bytes()), (6 * MIB, 2 * MIB));
+        assert_eq!(budget.reserved(), 9 * MIB);
+        drop((a, b, c));
         assert_eq!(budget.reserved(), 0);
         assert_eq!(metrics.memory_reserved.get(), 0);
         // A room whose small part is its whole holds it from the start

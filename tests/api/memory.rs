@@ -1,10 +1,10 @@
 //! `limits.max_memory_bytes`: the memory of work in flight is the
 //! operator's number. Jobs waiting at fal hold a small room; their answers
 //! are read only once the room they may need is free (in turn, paid work is
-//! never shed); new work that finds no room is shed with a 429 (OpenAI's
-//! shape, `retry-after`) instead of growing memory; an answer holds its room
-//! until it is written; fal's answers are capped at the largest the job can
-//! legitimately have.
+//! never shed); new work past the room or the overcommit is shed with a 429
+//! (OpenAI's shape, `retry-after`) instead of growing memory; an answer holds
+//! its room until it is written; fal's answers are capped at the largest the
+//! job can legitimately have.
 
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ async fn jobs_waiting_at_fal_hold_a_small_room_and_their_answers_take_turns() {
 }
 
 #[actix_web::test]
-async fn an_answer_holds_its_memory_until_read_while_new_work_is_shed_and_paid_work_waits() {
+async fn an_answer_holds_its_memory_until_read_and_paid_work_waits_its_turn() {
     // Ten realistic (noisy) 1024x1024 PNGs: ~20 MB of base64, more than
     // the loopback's socket buffers take.
     let fake = FakeConfig {
@@ -148,9 +148,71 @@ async fn an_answer_holds_its_memory_until_read_while_new_work_is_shed_and_paid_w
         results,
         "no answer is read before there is room for it"
     );
-    // While it waits, the room left is its: new work is shed, never grown.
+    // While it waits holding nothing, new work that fits still starts: its
+    // job runs, and its answer waits its turn behind the first.
+    let third = {
+        let client = app.client.clone();
+        let url = app.url("/v1/images/generations");
+        let body = json!({"prompt": "a third", "response_format": "b64_json"});
+        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
+    };
+    for _ in 0..500 {
+        if app.fal.count(Op::Submit) == 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.fal.count(Op::Submit), 7, "the third job was started");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.fal.count(Op::Result), results, "its answer waits too");
+
+    // The slow client goes away: its answer, and its room, are let go, and
+    // the waiting answers are read.
+    drop(slow);
+    let (status, _, answer) = json(again.await.unwrap()).await;
+    assert_eq!(status, 200, "{}", short(&answer.to_string()));
+    assert_eq!(answer["data"].as_array().unwrap().len(), 10);
+    let (status, _, answer) = json(third.await.unwrap()).await;
+    assert_eq!(status, 200, "{}", short(&answer.to_string()));
+    wait_reserved(&app, "every room is given back", |r| r == 0.0).await;
+    assert_eq!(
+        series(&app.metrics().await, "image_gateway_memory_shed_total", &[]),
+        Some(0.0),
+        "nothing was shed"
+    );
+}
+
+#[actix_web::test]
+async fn generations_past_the_overcommit_are_shed_with_a_429_before_any_job() {
+    let fake = FakeConfig {
+        run_ms: 1_500,
+        ..FakeConfig::default()
+    };
+    // One n=1 b64_json 1024x1024 answer may need ~12 MiB: with no
+    // overcommit the budget promises room to one waiting job at a time.
+    let app = spawn_app_with_fake(fake, |s| {
+        s.limits.max_memory_bytes = 16 * MIB;
+        s.limits.memory_overcommit = 1;
+    })
+    .await;
+    let body =
+        json!({"prompt": "one at a time", "size": "1024x1024", "response_format": "b64_json"});
+    let first = {
+        let client = app.client.clone();
+        let url = app.url("/v1/images/generations");
+        let body = body.clone();
+        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
+    };
+    for _ in 0..500 {
+        if app.fal.count(Op::Submit) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.fal.count(Op::Submit), 1);
+
     let res = app
-        .post_generation(json!({"prompt": "a third", "response_format": "b64_json"}))
+        .post_generation(json!({"prompt": "another", "response_format": "b64_json"}))
         .await;
     let retry_after = res
         .headers()
@@ -163,7 +225,7 @@ async fn an_answer_holds_its_memory_until_read_while_new_work_is_shed_and_paid_w
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert_eq!(
         app.fal.count(Op::Submit),
-        6,
+        1,
         "the shed request cost nothing"
     );
     assert_eq!(
@@ -171,19 +233,15 @@ async fn an_answer_holds_its_memory_until_read_while_new_work_is_shed_and_paid_w
         Some(1.0)
     );
 
-    // The slow client goes away: its answer, and its room, are let go, and
-    // the waiting answers are read.
-    drop(slow);
-    let (status, _, answer) = json(again.await.unwrap()).await;
+    let (status, _, answer) = json(first.await.unwrap()).await;
     assert_eq!(status, 200, "{}", short(&answer.to_string()));
-    assert_eq!(answer["data"].as_array().unwrap().len(), 10);
-    wait_reserved(&app, "every room is given back", |r| r == 0.0).await;
+    wait_reserved(&app, "the answer's room is given back", |r| r == 0.0).await;
     let (status, _, _) = json(
-        app.post_generation(json!({"prompt": "a third", "response_format": "b64_json"}))
+        app.post_generation(json!({"prompt": "another", "response_format": "b64_json"}))
             .await,
     )
     .await;
-    assert_eq!(status, 200, "room again once the answers were written");
+    assert_eq!(status, 200, "room again once the first answer was written");
 }
 
 #[actix_web::test]
