@@ -95,6 +95,12 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// A generation sent in the background; the handle yields its answer.
+    pub fn spawn_generation(&self, body: Value) -> tokio::task::JoinHandle<reqwest::Response> {
+        let (client, url) = (self.client.clone(), self.url("/v1/images/generations"));
+        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
+    }
+
     pub async fn post_generation(&self, body: Value) -> reqwest::Response {
         self.post_generation_with(body, &[]).await
     }

@@ -48,22 +48,15 @@ async fn jobs_waiting_at_fal_hold_a_small_room_and_their_answers_take_turns() {
     let app = spawn_app_with_fake(fake, |s| s.limits.max_memory_bytes = 16 * MIB).await;
     let requests: Vec<_> = (0..3)
         .map(|i| {
-            let client = app.client.clone();
-            let url = app.url("/v1/images/generations");
-            let body = json!({"prompt": format!("taking turns {i}"), "size": "1024x1024",
-                              "response_format": "b64_json"});
-            tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
+            app.spawn_generation(json!({
+                "prompt": format!("taking turns {i}"), "size": "1024x1024",
+                "response_format": "b64_json"
+            }))
         })
         .collect();
     // All three reach fal: while their jobs run they hold a small room each,
     // not the ~12 MiB their answers may need.
-    for _ in 0..500 {
-        if app.fal.count(Op::Submit) == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(app.fal.count(Op::Submit), 3, "every job was started");
+    eventually("every job was started", || app.fal.count(Op::Submit) == 3).await;
     let waiting = reserved(&app).await;
     assert!(
         waiting > 0.0 && waiting < MIB as f64,
@@ -128,20 +121,14 @@ async fn an_answer_holds_its_memory_until_read_and_paid_work_waits_its_turn() {
     // Another n=10 is admitted and its jobs run at fal, but its answers
     // (up to ~122 MiB) do not fit beside the unread one: they wait, paid
     // for, without being read.
-    let again = {
-        let client = app.client.clone();
-        let url = app.url("/v1/images/generations");
-        let body = json!({"prompt": "another slow one", "n": 10, "size": "1024x1024",
-                          "response_format": "b64_json"});
-        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
-    };
-    for _ in 0..500 {
-        if app.fal.count(Op::Submit) == 6 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(app.fal.count(Op::Submit), 6, "its three jobs were started");
+    let again = app.spawn_generation(json!({
+        "prompt": "another slow one", "n": 10, "size": "1024x1024",
+        "response_format": "b64_json"
+    }));
+    eventually("its three jobs were started", || {
+        app.fal.count(Op::Submit) == 6
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         app.fal.count(Op::Result),
@@ -150,19 +137,11 @@ async fn an_answer_holds_its_memory_until_read_and_paid_work_waits_its_turn() {
     );
     // While it waits holding nothing, new work that fits still starts: its
     // job runs, and its answer waits its turn behind the first.
-    let third = {
-        let client = app.client.clone();
-        let url = app.url("/v1/images/generations");
-        let body = json!({"prompt": "a third", "response_format": "b64_json"});
-        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
-    };
-    for _ in 0..500 {
-        if app.fal.count(Op::Submit) == 7 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(app.fal.count(Op::Submit), 7, "the third job was started");
+    let third = app.spawn_generation(json!({"prompt": "a third", "response_format": "b64_json"}));
+    eventually("the third job was started", || {
+        app.fal.count(Op::Submit) == 7
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.fal.count(Op::Result), results, "its answer waits too");
 
@@ -197,19 +176,11 @@ async fn generations_past_the_overcommit_are_shed_with_a_429_before_any_job() {
     .await;
     let body =
         json!({"prompt": "one at a time", "size": "1024x1024", "response_format": "b64_json"});
-    let first = {
-        let client = app.client.clone();
-        let url = app.url("/v1/images/generations");
-        let body = body.clone();
-        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
-    };
-    for _ in 0..500 {
-        if app.fal.count(Op::Submit) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(app.fal.count(Op::Submit), 1);
+    let first = app.spawn_generation(body.clone());
+    eventually("the first job was started", || {
+        app.fal.count(Op::Submit) == 1
+    })
+    .await;
 
     let res = app
         .post_generation(json!({"prompt": "another", "response_format": "b64_json"}))
