@@ -208,7 +208,7 @@ impl Store {
             done: Done::Later(Box::new(done)),
         };
         if let Err(refused) = self.settlements.send(Queued::Settle(pending))
-            && let Queued::Settle(pending) = refused.0
+            && let Queued::Settle(pending) = *refused
         {
             pending.done.send(Err(writer_stopped()));
         }

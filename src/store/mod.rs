@@ -212,7 +212,7 @@ pub struct Store {
     pub(crate) pool: Pool,
     runtime: tokio::runtime::Handle,
     /// Settlements queue here for the ledger writer ([`settle`]).
-    settlements: tokio::sync::mpsc::UnboundedSender<settle::Queued>,
+    settlements: settle::Settlements,
     /// Where it is, for logs: a file path, or the URL without credentials.
     location: String,
 }
@@ -302,7 +302,7 @@ impl Store {
             (Pool::Sqlite(pool), location)
         };
         let store = Store {
-            settlements: settle::start(pool.clone(), &runtime),
+            settlements: settle::start(pool.clone(), &runtime, settle::LINGER),
             pool,
             runtime,
             location,
