@@ -10,7 +10,7 @@
 //! into the ledger, then tells each request it is done. A settlement
 //! somebody waits for is written at once: grouping adds it no wait, it
 //! only shares the transactions that queue up while one is being written.
-//! A group of settlements nobody waits for lingers up to 20 ms for more
+//! A group of settlements nobody waits for lingers up to 100 ms for more
 //! (at thousands of misses a second, tens of rows per transaction instead
 //! of one or two). A request with a
 //! reservation waits for its settlement to be committed (the next request
@@ -35,7 +35,7 @@ const MAX_GROUP: usize = 128;
 /// How long a group of settlements nobody waits for may wait for more
 /// before it is written (a settlement with a reservation, or a read of
 /// spend, writes the group at once).
-pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One request's settlement, and where to say it was written.
 pub(super) struct Pending {
