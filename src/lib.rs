@@ -17,6 +17,7 @@
 //!   JSON.
 
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod backend;

@@ -8,11 +8,8 @@ use image_gateway::app::Application;
 use image_gateway::app::cli::KeysCommand;
 use image_gateway::config::Settings;
 
-/// mimalloc instead of glibc's malloc: less CPU per allocation on the hot
-/// paths (a miss allocates for three upstream calls) and freed memory goes
-/// back to the system instead of staying in per-thread arenas after a burst.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: image_gateway::alloc::Split = image_gateway::alloc::Split;
 
 /// An OpenAI-compatible image generation gateway for Google's Imagen 4 on fal.ai.
 ///
