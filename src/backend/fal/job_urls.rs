@@ -61,17 +61,70 @@ impl Shared {
         })
     }
 
-    /// Whether `url` is an http(s) URL without query or fragment on the
-    /// origin of `queue_url` or its backup.
+    /// Whether `url` is on the origin of `queue_url` or its backup.
     fn on_queue_origin(&self, url: &str) -> bool {
-        let Ok(parsed) = reqwest::Url::parse(url) else {
-            return false;
-        };
-        matches!(parsed.scheme(), "http" | "https")
-            && parsed.query().is_none()
-            && parsed.fragment().is_none()
-            && self
-                .queue_origins
-                .contains(&parsed.origin().ascii_serialization())
+        on_origin(url, &self.queue_origins)
+    }
+}
+
+/// Whether `url` is written as one of `origins` (each an http(s) origin as
+/// the URL standard serializes it: `scheme://host[:port]`, lowercase, no
+/// default port) followed by a path, without query or fragment. A string
+/// check, not a parse (three URLs a miss, each parsed again by the HTTP
+/// client): whatever follows the origin must start the path, so the host
+/// cannot continue (`queue.fal.run.evil.example`), take a port or hide
+/// behind userinfo (`queue.fal.run@evil.example`). A URL written another
+/// way to the same origin (upper case, `:443`) is refused too, which only
+/// means the gateway builds that URL itself.
+fn on_origin(url: &str, origins: &[String]) -> bool {
+    !url.contains(['?', '#'])
+        && origins.iter().any(|origin| {
+            (origin.starts_with("https://") || origin.starts_with("http://"))
+                && url
+                    .strip_prefix(origin.as_str())
+                    .is_some_and(|path| path.starts_with('/'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_origin;
+
+    #[test]
+    fn only_urls_on_a_configured_origin_are_taken_from_fal() {
+        let origins = vec![
+            "https://queue.fal.run".to_owned(),
+            "http://127.0.0.1:18999".to_owned(),
+        ];
+        for taken in [
+            "https://queue.fal.run/fal-ai/imagen4/preview/requests/abc/status",
+            "https://queue.fal.run/fal-ai/imagen4/preview/requests/abc",
+            "http://127.0.0.1:18999/fal-ai/x/requests/1/cancel",
+        ] {
+            assert!(on_origin(taken, &origins), "{taken}");
+        }
+        for refused in [
+            "https://queue.fal.run.evil.example/requests/abc",
+            "https://queue.fal.run@evil.example/requests/abc",
+            "https://queue.fal.run:8443/requests/abc",
+            "https://queue.fal.run",
+            "http://queue.fal.run/requests/abc",
+            "https://evil.example/https://queue.fal.run/requests/abc",
+            "https://queue.fal.run/requests/abc?x=1",
+            "https://queue.fal.run/requests/abc#x",
+            "http://127.0.0.1:1899/fal-ai/x/requests/1",
+            "http://127.0.0.1:189990/fal-ai/x/requests/1",
+            " https://queue.fal.run/requests/abc",
+            "HTTPS://QUEUE.FAL.RUN/requests/abc",
+            "",
+        ] {
+            assert!(!on_origin(refused, &origins), "{refused}");
+        }
+        // An origin that did not parse (serialized as "" or "null") never
+        // admits anything.
+        for bad in ["", "null"] {
+            assert!(!on_origin("https://queue.fal.run/x", &[bad.to_owned()]));
+            assert!(!on_origin("/x", &[bad.to_owned()]));
+        }
     }
 }
