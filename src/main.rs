@@ -49,6 +49,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    image_gateway::alloc::no_transparent_huge_pages();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
