@@ -227,7 +227,10 @@ async fn write(pool: &Pool, group: &[Pending]) -> Result<(), StoreError> {
     // (A reservation always names its key.)
     let touches_keys = key_rows.iter().any(Option::is_some);
     on_pool!(pool, |p, d| {
-        let mut rows = sqlx::query(&insert);
+        // Not kept prepared: a statement per group size (up to 128 rows of
+        // 9 parameters) filled the driver's statement cache with large
+        // programs, and RSS grew for minutes (the soak caught it).
+        let mut rows = sqlx::query(&insert).persistent(false);
         for Pending { charge, .. } in group {
             rows = rows
                 .bind(at)
