@@ -13,6 +13,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
+use mimalloc::MiMalloc;
+
 /// Turn transparent huge pages off for this process, first thing in
 /// `main`. mimalloc reserves its memory in large aligned regions; where the
 /// kernel backs those with 2 MiB pages (THP `always`, or `madvise`, which
@@ -29,8 +31,6 @@ pub fn no_transparent_huge_pages() {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
-
-use mimalloc::MiMalloc;
 
 /// Blocks of at least this many bytes come from the system's allocator.
 pub const LARGE: usize = 256 * 1024;

@@ -117,9 +117,9 @@ impl Spend {
     /// and the spend metric counts it. With a reservation this waits for the
     /// commit (the key's next request must see the real cost); without one
     /// it returns at once and the row follows within the writer's next
-    /// group, gathered for up to 100 ms (reads of spend wait for it). The database is retried briefly;
-    /// if it still refuses, the reservation expires on its own and the
-    /// error log names the charge.
+    /// group, gathered for up to 100 ms (reads of spend wait for it). The
+    /// database is retried briefly; if it still refuses, the reservation
+    /// expires on its own and the error log names the charge.
     pub async fn settle(&self, reservation: Option<Reservation>, charge: Charge) {
         self.metrics
             .spend

@@ -12,10 +12,10 @@
 //! only shares the transactions that queue up while one is being written.
 //! A group of settlements nobody waits for lingers up to 100 ms for more
 //! (at thousands of misses a second, tens of rows per transaction instead
-//! of one or two). A request with a
-//! reservation waits for its settlement to be committed (the next request
-//! against its budget must see the real cost); one without (no budget to
-//! keep) is answered at once, and told of a refusal by a callback. Reads
+//! of one or two). A request with a reservation waits for its settlement
+//! to be committed (the next request against its budget must see the real
+//! cost); one without (no budget to keep) is answered at once, and told of
+//! a refusal by a callback. Reads
 //! of spend first [`flush`] what is queued, so they see every request
 //! answered before them.
 //!
