@@ -117,7 +117,8 @@ impl Spend {
     /// and the spend metric counts it. With a reservation this waits for the
     /// commit (the key's next request must see the real cost); without one
     /// it returns at once and the row follows within the writer's next
-    /// group, gathered for up to 100 ms (reads of spend wait for it). The
+    /// group, gathered for up to 100 ms (reads of spend wait for it), unless
+    /// 8,192 such rows already wait to be written: then it waits too. The
     /// database is retried briefly; if it still refuses, the reservation
     /// expires on its own and the error log names the charge.
     pub async fn settle(&self, reservation: Option<Reservation>, charge: Charge) {
@@ -132,7 +133,7 @@ impl Spend {
             None => {
                 let (store, metrics) = (self.store.clone(), self.metrics.clone());
                 let again = charge.clone();
-                self.store.settle_later(charge, move |result| {
+                let queued = self.store.settle_later(charge, move |result| {
                     if result.is_err() {
                         metrics.database_error(DbOp::Settle);
                         // On the writer's runtime, which outlives the workers.
@@ -141,6 +142,11 @@ impl Spend {
                         });
                     }
                 });
+                // The database is behind: this request waits for its own
+                // settlement rather than queue another.
+                if let Err(charge) = queued {
+                    settle_retrying(&self.store, &self.metrics, None, *charge, 1).await;
+                }
             }
         }
     }

@@ -18,7 +18,7 @@
 //! *released*: deleted and dropped from the reserved sum, nothing spent.
 
 use super::keys::{PeriodStarts, current_period_sql};
-use super::settle::{Done, Pending, Queued};
+use super::settle::{Done, Pending, Queued, Refused};
 use super::{Record, Store, StoreError, now, on_pool};
 
 /// A held reservation.
@@ -196,21 +196,29 @@ impl Store {
     }
 
     /// Queue the settlement of a request without a reservation and return
-    /// at once; `done` hears (on the writer's task) how it went.
+    /// at once; `done` hears (on the writer's task) how it went. When too
+    /// many such settlements wait to be written (the database is behind),
+    /// the charge is given back, unqueued: settle it with [`Self::settle`],
+    /// which waits.
     pub fn settle_later(
         &self,
         charge: Charge,
         done: impl FnOnce(Result<(), StoreError>) + Send + Sync + 'static,
-    ) {
+    ) -> Result<(), Box<Charge>> {
         let pending = Pending {
             reservation: None,
             charge,
             done: Done::Later(Box::new(done)),
         };
-        if let Err(refused) = self.settlements.send(Queued::Settle(pending))
-            && let Queued::Settle(pending) = *refused
-        {
-            pending.done.send(Err(writer_stopped()));
+        match self.settlements.send(Queued::Settle(pending)) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full(pending)) => Err(Box::new(pending.charge)),
+            Err(Refused::Stopped(refused)) => {
+                if let Queued::Settle(pending) = *refused {
+                    pending.done.send(Err(writer_stopped()));
+                }
+                Ok(())
+            }
         }
     }
 

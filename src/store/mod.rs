@@ -302,7 +302,7 @@ impl Store {
             (Pool::Sqlite(pool), location)
         };
         let store = Store {
-            settlements: settle::start(pool.clone(), &runtime, settle::LINGER),
+            settlements: settle::start(pool.clone(), &runtime, settle::LINGER, settle::MAX_LATER),
             pool,
             runtime,
             location,

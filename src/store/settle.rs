@@ -22,6 +22,9 @@
 //! A group the database refuses is written again one settlement at a time,
 //! so one bad settlement never fails the others.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::budget::{Charge, Reservation, as_i64, minus_sql};
@@ -36,6 +39,13 @@ const MAX_GROUP: usize = 128;
 /// before it is written (a settlement with a reservation, or a read of
 /// spend, writes the group at once).
 pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Most settlements nobody waits for that may be queued and not yet
+/// written (about 64 groups; a few hundred bytes each). Past it, a request
+/// waits for its own settlement like one with a reservation, so a database
+/// that falls behind slows requests down instead of growing a queue
+/// without end.
+pub(super) const MAX_LATER: usize = 8192;
 
 /// One request's settlement, and where to say it was written.
 pub(super) struct Pending {
@@ -78,31 +88,55 @@ pub(super) enum Queued {
 pub(super) struct Settlements {
     now: mpsc::UnboundedSender<Queued>,
     later: mpsc::UnboundedSender<Pending>,
+    /// Settlements sent to `later` and not yet written.
+    unwritten: Arc<AtomicUsize>,
+    max_later: usize,
+}
+
+/// Why a settlement was given back.
+pub(super) enum Refused {
+    /// The writer has stopped.
+    Stopped(Box<Queued>),
+    /// `later` holds its most ([`MAX_LATER`]): wait for this one instead.
+    Full(Box<Pending>),
 }
 
 impl Settlements {
-    /// Queue `one`; given back when the writer has stopped.
-    pub(super) fn send(&self, one: Queued) -> Result<(), Box<Queued>> {
+    /// Queue `one`.
+    pub(super) fn send(&self, one: Queued) -> Result<(), Refused> {
         match one {
-            Queued::Settle(pending) if matches!(pending.done, Done::Later(_)) => self
-                .later
-                .send(pending)
-                .map_err(|refused| Box::new(Queued::Settle(refused.0))),
-            one => self.now.send(one).map_err(|refused| Box::new(refused.0)),
+            Queued::Settle(pending) if matches!(pending.done, Done::Later(_)) => {
+                if self.unwritten.fetch_add(1, Ordering::Relaxed) >= self.max_later {
+                    self.unwritten.fetch_sub(1, Ordering::Relaxed);
+                    return Err(Refused::Full(Box::new(pending)));
+                }
+                self.later.send(pending).map_err(|refused| {
+                    self.unwritten.fetch_sub(1, Ordering::Relaxed);
+                    Refused::Stopped(Box::new(Queued::Settle(refused.0)))
+                })
+            }
+            one => self
+                .now
+                .send(one)
+                .map_err(|refused| Refused::Stopped(Box::new(refused.0))),
         }
     }
 }
 
 /// Start the writer on `runtime`; a group nobody waits for lingers for
-/// `linger` ([`LINGER`]). It stops when every sender is gone, after writing
+/// `linger` ([`LINGER`]), and at most `max_later` ([`MAX_LATER`]) of them
+/// wait to be written. It stops when every sender is gone, after writing
 /// what was queued.
 pub(super) fn start(
     pool: Pool,
     runtime: &tokio::runtime::Handle,
     linger: std::time::Duration,
+    max_later: usize,
 ) -> Settlements {
     let (now_tx, mut now_rx) = mpsc::unbounded_channel::<Queued>();
     let (later_tx, mut later_rx) = mpsc::unbounded_channel::<Pending>();
+    let unwritten = Arc::new(AtomicUsize::new(0));
+    let written = unwritten.clone();
     runtime.spawn(async move {
         let mut queued = Vec::with_capacity(MAX_GROUP);
         let mut group = Vec::with_capacity(MAX_GROUP);
@@ -139,7 +173,13 @@ pub(super) fn start(
             }
             while !group.is_empty() {
                 let rest = group.split_off(group.len().min(MAX_GROUP));
-                write_and_tell(&pool, std::mem::replace(&mut group, rest)).await;
+                let part = std::mem::replace(&mut group, rest);
+                let later = part
+                    .iter()
+                    .filter(|p| matches!(p.done, Done::Later(_)))
+                    .count();
+                write_and_tell(&pool, part).await;
+                written.fetch_sub(later, Ordering::Relaxed);
             }
             for tx in flushes.drain(..) {
                 let _ = tx.send(());
@@ -149,6 +189,8 @@ pub(super) fn start(
     Settlements {
         now: now_tx,
         later: later_tx,
+        unwritten,
+        max_later,
     }
 }
 
@@ -375,11 +417,12 @@ mod tests {
         let written = std::sync::Arc::new(AtomicUsize::new(0));
         for n in 0..300 {
             let written = written.clone();
-            store.settle_later(charge(None, 10_000, n), move |result| {
+            let queued = store.settle_later(charge(None, 10_000, n), move |result| {
                 if result.is_ok() {
                     written.fetch_add(1, Ordering::SeqCst);
                 }
             });
+            assert!(queued.is_ok(), "300 are far below the backlog's bound");
         }
         let rows = store.spend(by_key()).await.unwrap();
         assert_eq!(rows.len(), 1);
@@ -398,6 +441,7 @@ mod tests {
             store.pool.clone(),
             &tokio::runtime::Handle::current(),
             std::time::Duration::from_secs(600),
+            MAX_LATER,
         );
         let written = std::sync::Arc::new(AtomicUsize::new(0));
         for n in 0..5 {
@@ -431,5 +475,50 @@ mod tests {
         let rows = store.spend(by_key()).await.unwrap();
         assert_eq!((rows[0].requests, rows[0].cost_micro_usd), (6, 70_000));
         assert_eq!(written.load(Ordering::SeqCst), 5);
+    }
+
+    /// Past `max_later` unwritten settlements nobody waits for, the next
+    /// one is given back (its request waits for it instead); written ones
+    /// make room again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn settlements_nobody_waits_for_are_bounded() {
+        let store = in_memory().await;
+        let writer = start(
+            store.pool.clone(),
+            &tokio::runtime::Handle::current(),
+            std::time::Duration::from_secs(600),
+            3,
+        );
+        let later = |n| Pending {
+            reservation: None,
+            charge: charge(None, 10_000, n),
+            done: Done::Later(Box::new(|_| {})),
+        };
+        for n in 0..3 {
+            assert!(writer.send(Queued::Settle(later(n))).is_ok());
+        }
+        match writer.send(Queued::Settle(later(3))) {
+            Err(Refused::Full(given_back)) => {
+                assert_eq!(given_back.charge.request_id.as_deref(), Some("req-3"));
+            }
+            _ => panic!("a fourth unwritten settlement is given back"),
+        }
+        // A flush writes the three (the linger is not waited out)...
+        let (flushed, told) = oneshot::channel();
+        assert!(writer.send(Queued::Flush(flushed)).is_ok());
+        tokio::time::timeout(std::time::Duration::from_secs(60), told)
+            .await
+            .expect("a flush does not wait for the linger")
+            .unwrap();
+        let rows = store.spend(by_key()).await.unwrap();
+        assert_eq!((rows[0].requests, rows[0].cost_micro_usd), (3, 30_000));
+        // ...which makes room for three more.
+        for n in 4..7 {
+            assert!(writer.send(Queued::Settle(later(n))).is_ok());
+        }
+        assert!(matches!(
+            writer.send(Queued::Settle(later(7))),
+            Err(Refused::Full(_))
+        ));
     }
 }
