@@ -200,6 +200,15 @@ impl ApiError {
         }
     }
 
+    /// A job was done upstream, but its answer waited for room in the
+    /// memory budget until the deadline passed.
+    pub fn memory_deadline(seconds: u64) -> Self {
+        Self::deadline(
+            seconds,
+            "; its answer waited for memory room (limits.max_memory_bytes) past the deadline",
+        )
+    }
+
     pub fn invalid_body(message: impl Into<Cow<'static, str>>) -> Self {
         ApiError::InvalidRequest {
             message: message.into(),

@@ -54,13 +54,12 @@ impl JobContext {
         let Some(room) = &self.room else {
             return Ok(());
         };
-        self.race(room.make_whole()).await.map_err(|stop| match stop {
-            Stop::Deadline => ApiError::deadline(
-                self.timeout_seconds,
-                "; its answer waited for memory room (limits.max_memory_bytes) past the deadline",
-            ),
-            Stop::Cancelled => self.error(stop),
-        })
+        self.race(room.make_whole())
+            .await
+            .map_err(|stop| match stop {
+                Stop::Deadline => ApiError::memory_deadline(self.timeout_seconds),
+                Stop::Cancelled => self.error(stop),
+            })
     }
 
     /// Sleep for `delay`, unless the context ends first.
@@ -79,5 +78,57 @@ impl JobContext {
             Stop::Cancelled => ApiError::ShuttingDown,
             Stop::Deadline => ApiError::deadline(self.timeout_seconds, ""),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryBudget;
+    use crate::metrics::Metrics;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn context(room: &Arc<Room>, within: Duration) -> JobContext {
+        JobContext {
+            deadline: Instant::now() + within,
+            cancel: CancellationToken::new(),
+            timeout_seconds: 7,
+            account: None,
+            room: Some(room.clone()),
+        }
+    }
+
+    /// A job done at fal whose answer cannot get its memory room before
+    /// the deadline is answered 504, naming the setting; its wait leaves
+    /// nothing behind, so the next answer gets its room once there is some.
+    #[tokio::test]
+    async fn an_answer_that_waits_for_memory_past_the_deadline_is_a_504() {
+        let budget = MemoryBudget::new(10 * MIB, 4, Arc::new(Metrics::new()));
+        let reading = Room::try_new(&budget, MIB, 6 * MIB).unwrap();
+        reading.make_whole().await;
+        let room = Arc::new(Room::try_new(&budget, MIB, 6 * MIB).unwrap());
+
+        let err = context(&room, Duration::from_millis(100))
+            .room_for_answer()
+            .await
+            .unwrap_err();
+        assert_eq!(actix_web::ResponseError::status_code(&err).as_u16(), 504);
+        assert_eq!(
+            err.to_string(),
+            "The image was not generated within the gateway's 7 s deadline; its answer \
+             waited for memory room (limits.max_memory_bytes) past the deadline."
+        );
+        assert_eq!((room.bytes(), budget.reserved()), (0, 6 * MIB));
+
+        drop(reading);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            context(&room, Duration::from_secs(60)).room_for_answer(),
+        )
+        .await
+        .expect("the turn it waited in was given up")
+        .unwrap();
+        assert_eq!((room.bytes(), budget.reserved()), (6 * MIB, 6 * MIB));
     }
 }

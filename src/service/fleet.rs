@@ -34,7 +34,7 @@ pub(super) async fn fill(
     if let Some(room) = &flight.room {
         tokio::time::timeout_at(deadline, room.make_whole())
             .await
-            .map_err(|_| ApiError::deadline(service.request_timeout.as_secs(), "; its answer waited for memory room (limits.max_memory_bytes) past the deadline"))?;
+            .map_err(|_| ApiError::memory_deadline(service.request_timeout.as_secs()))?;
     }
     if let Some(g) = l2.lookup(&key, files).await {
         flight.set_source(Source::Shared);
