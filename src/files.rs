@@ -61,6 +61,11 @@ impl FileStore {
         self.ttl
     }
 
+    /// Bytes held, as last counted (without applying pending evictions).
+    pub fn bytes(&self) -> u64 {
+        self.files.weighted_size()
+    }
+
     /// (entries, bytes), after applying pending evictions.
     pub async fn usage(&self) -> (u64, u64) {
         self.files.run_pending_tasks().await;

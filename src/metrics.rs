@@ -266,6 +266,8 @@ families! {
         "Bytes of the memory budget held now by request bodies, answers being made or written, and upstream answers being read.";
     memory_limit: IntGauge = "image_gateway_memory_limit_bytes",
         "Configured memory budget for work in flight (limits.max_memory_bytes).";
+    memory_trims: IntCounter = "image_gateway_memory_trims_total",
+        "Times freed memory was given back to the system because resident memory was above limits.max_memory_bytes + cache.max_bytes + files.max_bytes + 32 MiB.";
     rate_limited: IntCounterVec = "image_gateway_rate_limited_total",
         "Requests refused by a per-key limit, by limit (requests, images).",
         ["limit"], zeros = RateLimit;

@@ -175,14 +175,16 @@ pub fn service(
         settings.limits.memory_overcommit,
         metrics.clone(),
     );
+    let in_flight = memory.clone();
     let backend = backend(settings, metrics, &tasks, &runtime)?;
     let (cache, shared_cache) = caches(settings, metrics, &runtime)?;
+    let files = Arc::new(FileStore::new(
+        settings.files.max_bytes,
+        Duration::from_secs(settings.files.ttl_seconds),
+    ));
     let service = GenerationService::new(ServiceParts {
         backend,
-        files: Arc::new(FileStore::new(
-            settings.files.max_bytes,
-            Duration::from_secs(settings.files.ttl_seconds),
-        )),
+        files: files.clone(),
         cache,
         shared_cache: shared_cache.clone(),
         memory,
@@ -204,6 +206,23 @@ pub fn service(
         runtime: runtime.clone(),
         tasks: tasks.clone(),
     });
+    // Peak RSS is documented to stay under the three budgets and a 64 MiB
+    // baseline: freed memory goes back to the system above half of it
+    // (counting the image files' bytes as held, not their budget).
+    let budgets = settings
+        .limits
+        .max_memory_bytes
+        .saturating_add(settings.cache.max_bytes)
+        .saturating_add(32 << 20);
+    tasks.spawn_on(
+        crate::alloc::give_back_above(
+            move || budgets.saturating_add(files.bytes()),
+            move || in_flight.reserved() > 0,
+            metrics.memory_trims.clone(),
+            service.stopping_token(),
+        ),
+        &runtime,
+    );
     if let Some(l2) = shared_cache {
         tracing::info!(redis = %l2.redacted_url(), "shared second-level cache in Redis");
         tasks.spawn_on(l2.watch(service.stopping_token()), &runtime);
