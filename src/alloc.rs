@@ -39,7 +39,8 @@ const GIVE_BACK_IDLE: std::time::Duration = std::time::Duration::from_millis(250
 
 /// While the process's resident size is above `bound()` bytes, give the
 /// memory glibc keeps of freed large blocks back to the system, until
-/// `stop`; it looks every 10 ms while `busy()`, every 250 ms otherwise.
+/// `stop`; it looks every 10 ms while `busy()` (in the gateway: more than
+/// a quarter of the memory budget is held), every 250 ms otherwise.
 /// glibc serves a large block from memory it freed before (which keeps
 /// `b64_json` misses fast: returning it and faulting fresh pages in halved
 /// their rate in an A/B) but returns only the top of each heap on its own.

@@ -217,7 +217,7 @@ pub fn service(
     tasks.spawn_on(
         crate::alloc::give_back_above(
             move || budgets.saturating_add(files.bytes()),
-            move || in_flight.reserved() > 0,
+            move || in_flight.reserved() > in_flight.limit() / 4,
             metrics.memory_trims.clone(),
             service.stopping_token(),
         ),
