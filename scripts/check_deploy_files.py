@@ -291,6 +291,11 @@ def dockerfile_user() -> str:
 
 # The gateway's RSS beyond its three bounds (docs/performance.md#memory).
 BASELINE_BYTES = 64 * 1024 * 1024
+# What glibc keeps of freed answers between the gateway's trims, as a share
+# of limits.max_memory_bytes: up to 224 MiB over the bound with a 256 MiB
+# budget in CI's hostile smoke (docs/performance.md#memory); counted as the
+# whole budget again.
+OVERSHOOT_OF_BUDGET = 1.0
 
 
 def quantity_bytes(q: str) -> int:
@@ -305,22 +310,26 @@ def quantity_bytes(q: str) -> int:
 
 def memory_fits(settings: dict, limit: str) -> list[str]:
     """The pod's memory limit and the gateway's memory settings agree: the
-    gateway's peak RSS is under limits.max_memory_bytes + cache.max_bytes +
-    files.max_bytes + the baseline, which must leave the pod 10% headroom.
-    The ConfigMap states limits.max_memory_bytes itself (no silent default)."""
+    gateway's memory in use is under limits.max_memory_bytes +
+    cache.max_bytes + files.max_bytes + the baseline, and its peak RSS under
+    a hostile b64_json load up to limits.max_memory_bytes more (freed
+    answers glibc keeps between trims); that must leave the pod 10%
+    headroom. The ConfigMap states limits.max_memory_bytes itself (no silent
+    default)."""
     problems = []
     mem = settings.get("limits", {}).get("max_memory_bytes")
     if mem is None:
         return ["ConfigMap config.toml does not set limits.max_memory_bytes"]
     cache = settings.get("cache", {}).get("max_bytes", 256 * 1024 * 1024)
     files = settings.get("files", {}).get("max_bytes", 512 * 1024 * 1024)
-    need = mem + cache + files + BASELINE_BYTES
+    overshoot = int(mem * OVERSHOOT_OF_BUDGET)
+    need = mem + cache + files + BASELINE_BYTES + overshoot
     have = quantity_bytes(limit)
     if need > have * 0.9:
         problems.append(
             f"memory limit {limit} ({have} bytes) leaves under 10% headroom over "
             f"limits.max_memory_bytes {mem} + cache.max_bytes {cache} + files.max_bytes {files} "
-            f"+ baseline {BASELINE_BYTES} = {need} bytes")
+            f"+ baseline {BASELINE_BYTES} + allocator overshoot {overshoot} = {need} bytes")
     return problems
 
 
