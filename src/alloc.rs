@@ -46,8 +46,9 @@ const GIVE_BACK_IDLE: std::time::Duration = std::time::Duration::from_millis(250
 /// their rate in an A/B) but returns only the top of each heap on its own.
 /// Under a hostile `b64_json` load the freed holes between live answers
 /// held RSS near twice the memory budget, and kept it there after the
-/// load. `malloc_trim` returns those holes; under the bound nothing
-/// changes. Counted in `trims`.
+/// load. `malloc_trim` returns those holes (RSS comes back down as the
+/// load eases; peaks between trims still pass the bound); under the bound
+/// nothing changes. Counted in `trims`.
 pub async fn give_back_above(
     bound: impl Fn() -> u64,
     busy: impl Fn() -> bool,

@@ -267,7 +267,7 @@ families! {
     memory_limit: IntGauge = "image_gateway_memory_limit_bytes",
         "Configured memory budget for work in flight (limits.max_memory_bytes).";
     memory_trims: IntCounter = "image_gateway_memory_trims_total",
-        "Times freed memory was given back to the system because resident memory was above limits.max_memory_bytes + cache.max_bytes + files.max_bytes + 32 MiB.";
+        "Times freed memory was given back to the system because resident memory was above limits.max_memory_bytes + cache.max_bytes + the image files' bytes held + 32 MiB.";
     rate_limited: IntCounterVec = "image_gateway_rate_limited_total",
         "Requests refused by a per-key limit, by limit (requests, images).",
         ["limit"], zeros = RateLimit;

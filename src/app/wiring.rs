@@ -206,9 +206,10 @@ pub fn service(
         runtime: runtime.clone(),
         tasks: tasks.clone(),
     });
-    // Peak RSS is documented to stay under the three budgets and a 64 MiB
-    // baseline: freed memory goes back to the system above half of it
-    // (counting the image files' bytes as held, not their budget).
+    // Memory in use stays under the three budgets and a 64 MiB baseline;
+    // freed memory the allocator keeps goes back to the system once RSS is
+    // past them with half the baseline (the image files counted by the
+    // bytes they hold, not their budget).
     let budgets = settings
         .limits
         .max_memory_bytes
