@@ -36,6 +36,8 @@ pub fn no_transparent_huge_pages() {
 /// is in flight, and while there is none.
 const GIVE_BACK_BUSY: std::time::Duration = std::time::Duration::from_millis(10);
 const GIVE_BACK_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest pause after trims that left RSS above the bound.
+const GIVE_BACK_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// While the process's resident size is above `bound()` bytes, give the
 /// memory glibc keeps of freed large blocks back to the system, until
@@ -48,13 +50,19 @@ const GIVE_BACK_IDLE: std::time::Duration = std::time::Duration::from_millis(250
 /// held RSS near twice the memory budget, and kept it there after the
 /// load. `malloc_trim` returns those holes (RSS comes back down as the
 /// load eases; peaks between trims still pass the bound); under the bound
-/// nothing changes. Counted in `trims`.
+/// nothing changes. When a trim leaves RSS above the bound (what is held is
+/// live, not freed), the next look waits twice as long, up to a second, so
+/// a process whose memory in use sits above the bound does not trim in a
+/// loop. Counted in `trims`.
 pub async fn give_back_above(
     bound: impl Fn() -> u64,
     busy: impl Fn() -> bool,
     trims: prometheus::IntCounter,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let over = || resident_bytes().is_some_and(|rss| rss > bound());
+    // Doubled after each trim that left RSS above the bound.
+    let mut pause = std::time::Duration::ZERO;
     loop {
         let every = if busy() {
             GIVE_BACK_BUSY
@@ -62,21 +70,27 @@ pub async fn give_back_above(
             GIVE_BACK_IDLE
         };
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(every.max(pause)) => {}
             () = stop.cancelled() => return,
         }
-        if resident_bytes().is_some_and(|rss| rss > bound()) {
-            // It takes milliseconds on a large heap: not on a runtime
-            // thread.
-            if tokio::task::spawn_blocking(give_back).await.is_ok() {
-                trims.inc();
-            }
+        if !over() {
+            pause = std::time::Duration::ZERO;
+            continue;
         }
+        // It takes milliseconds on a large heap: not on a runtime thread.
+        if tokio::task::spawn_blocking(give_back).await.is_ok() {
+            trims.inc();
+        }
+        pause = if over() {
+            (pause * 2).clamp(GIVE_BACK_BUSY * 2, GIVE_BACK_MAX_PAUSE)
+        } else {
+            std::time::Duration::ZERO
+        };
     }
 }
 
 /// The process's resident set, from `/proc/self/statm`.
-pub fn resident_bytes() -> Option<u64> {
+fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf reads a constant of the system.
@@ -170,7 +184,8 @@ mod tests {
     use super::*;
 
     /// Freed memory is given back only while the resident size is above
-    /// the bound, and the loop ends when told to stop.
+    /// the bound, less often while trims leave it there, and the loop ends
+    /// when told to stop.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn freed_memory_is_given_back_only_above_the_bound() {
         assert!(resident_bytes().is_some_and(|rss| rss > 1 << 20));
@@ -195,6 +210,11 @@ mod tests {
         .await
         .expect("above the bound, memory is given back every few ms");
         assert_eq!(under.get(), 0, "under the bound, never");
+        // RSS never gets under a bound of 0: each trim that leaves it
+        // above doubles the pause (20, 40, 80... ms), where every 10 ms
+        // would make about 60 trims in these 600 ms.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert!(over.get() <= 15, "{} trims: no backing off", over.get());
         stop_under.cancel();
         stop_over.cancel();
         tokio::time::timeout(std::time::Duration::from_secs(30), async {

@@ -350,6 +350,17 @@ mod tests {
         .unwrap()
     }
 
+    /// A second writer on `store`'s pool whose groups linger longer than
+    /// any test runs, holding at most `max_later` unwritten.
+    fn lingering_writer(store: &Store, max_later: usize) -> Settlements {
+        start(
+            store.pool.clone(),
+            &tokio::runtime::Handle::current(),
+            std::time::Duration::from_secs(600),
+            max_later,
+        )
+    }
+
     /// Spend per key, of every row so far.
     fn by_key() -> SpendQuery {
         SpendQuery {
@@ -436,13 +447,7 @@ mod tests {
     async fn a_waited_settlement_does_not_wait_for_the_linger() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let store = in_memory().await;
-        // A linger no test run outlasts.
-        let writer = start(
-            store.pool.clone(),
-            &tokio::runtime::Handle::current(),
-            std::time::Duration::from_secs(600),
-            MAX_LATER,
-        );
+        let writer = lingering_writer(&store, MAX_LATER);
         let written = std::sync::Arc::new(AtomicUsize::new(0));
         for n in 0..5 {
             let written = written.clone();
@@ -483,12 +488,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn settlements_nobody_waits_for_are_bounded() {
         let store = in_memory().await;
-        let writer = start(
-            store.pool.clone(),
-            &tokio::runtime::Handle::current(),
-            std::time::Duration::from_secs(600),
-            3,
-        );
+        let writer = lingering_writer(&store, 3);
         let later = |n| Pending {
             reservation: None,
             charge: charge(None, 10_000, n),
