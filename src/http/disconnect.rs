@@ -15,6 +15,12 @@
 //! Only the reset counts as a hang-up.
 //! A stream never gets the probe (its answer has begun): its keep-alive
 //! comments meet the reset instead.
+//!
+//! The watch begins [`WATCH_AFTER`] into the wait: watching costs six system
+//! calls (dup, non-blocking, epoll add, peek, epoll delete, close) and a
+//! wake-up, and most answers that come quickly (a coalesced wait, a fast
+//! model, a local backend) are done before then. A hang-up in that time is
+//! noticed when the watch begins.
 
 use std::future::Future;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -33,6 +39,9 @@ const PROBE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// How often a half-closed (or probed) socket is looked at again.
 const RECHECK: Duration = Duration::from_millis(100);
+
+/// How long a request waits before its client's socket is watched.
+const WATCH_AFTER: Duration = Duration::from_millis(100);
 
 /// The server's on-connect hook: remember the connection's socket.
 pub fn on_connect(conn: &impl AsRawFd, ext: &mut Extensions) {
@@ -56,18 +65,10 @@ pub fn closed(req: &HttpRequest, watch: Watch) -> impl Future<Output = ()> + Sen
     // An HTTP/1.0 client may not be sent a 1xx: its end-of-file is a hang-up.
     let probe = watch == Watch::BeforeAnswer && req.version() != Version::HTTP_10;
     let eof_is_hang_up = req.version() == Version::HTTP_10;
-    let watched = req.conn_data::<PeerSocket>().and_then(|peer| {
-        // SAFETY: the fd belongs to the connection serving `req`, which the
-        // server keeps open at least as long as this request is handled; it
-        // is only duplicated here (the duplicate is owned and closed by us).
-        let borrowed = unsafe { BorrowedFd::borrow_raw(peer.0) };
-        let owned = borrowed.try_clone_to_owned().ok()?;
-        let socket = std::net::TcpStream::from(owned);
-        socket.set_nonblocking(true).ok()?;
-        tokio::net::TcpStream::from_std(socket).ok()
-    });
+    let peer = req.conn_data::<PeerSocket>().copied();
     async move {
-        let Some(stream) = watched else {
+        tokio::time::sleep(WATCH_AFTER).await;
+        let Some(stream) = peer.and_then(duplicate) else {
             return std::future::pending().await;
         };
         let mut byte = [0u8; 1];
@@ -106,6 +107,20 @@ pub fn closed(req: &HttpRequest, watch: Watch) -> impl Future<Output = ()> + Sen
             }
         }
     }
+}
+
+/// A non-blocking duplicate of the connection's socket, registered with
+/// this thread's runtime.
+fn duplicate(peer: PeerSocket) -> Option<tokio::net::TcpStream> {
+    // SAFETY: the fd belongs to the connection serving the request: the
+    // future that calls this is polled only by that connection's handler or
+    // answer, which the server drops before it closes the socket. It is
+    // only duplicated here (the duplicate is owned and closed by us).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(peer.0) };
+    let owned = borrowed.try_clone_to_owned().ok()?;
+    let socket = std::net::TcpStream::from(owned);
+    socket.set_nonblocking(true).ok()?;
+    tokio::net::TcpStream::from_std(socket).ok()
 }
 
 /// Bytes in the socket's send queue not yet acknowledged by the peer.

@@ -152,7 +152,8 @@ pub async fn create(
         let (generation, status, spent) = match pending {
             Pending::Ready(generation) => (generation, status, MicroUsd::ZERO),
             // Only a request that waits watches its client's socket (a dup,
-            // two epoll calls and a close): a cache hit is answered at once.
+            // two epoll calls and a close), and only from 100 ms into the
+            // wait: a cache hit or a quick answer never pays for it.
             Pending::Waiting(waiter) => {
                 let flight = waiter.flight().clone();
                 tokio::select! {

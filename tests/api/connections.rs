@@ -97,16 +97,29 @@ async fn a_client_that_half_closes_after_its_request_still_gets_its_answer() {
 #[actix_web::test]
 async fn a_client_that_really_hangs_up_still_cancels_its_fal_job() {
     let app = spawn_app_with_fake(slow(5_000), |_| {}).await;
-    let mut stream = connect(&app).await;
-    stream
-        .write_all(post(&json!({"prompt":"gone for good"})).as_bytes())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // At once (before the gateway starts watching a waiting client's
+    // socket, 100 ms into the wait) and later; an answer and a stream.
+    let cases = [
+        (json!({"prompt":"gone at once"}), 0),
+        (json!({"prompt":"gone at once, stream","stream":true}), 0),
+        (json!({"prompt":"gone for good"}), 200),
+    ];
+    for (i, (body, after_ms)) in cases.into_iter().enumerate() {
+        let mut stream = connect(&app).await;
+        stream.write_all(post(&body).as_bytes()).await.unwrap();
+        eventually("the fal job is submitted", || {
+            app.fal.count(fake_fal::Op::Submit) == i as u64 + 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
 
-    drop(stream);
+        drop(stream);
 
-    eventually("the fal job is cancelled", || app.fal.cancelled_jobs() == 1).await;
+        eventually("the fal job is cancelled", || {
+            app.fal.cancelled_jobs() == i + 1
+        })
+        .await;
+    }
 }
 
 #[actix_web::test]
